@@ -1,0 +1,98 @@
+"""Moving Keras variables and gradients to and from numpy, per backend."""
+
+import numpy as np
+
+__all__ = []
+
+
+def backend_name():
+    import keras
+
+    return keras.backend.backend()
+
+
+def set_framework_threads(n):
+    """Limit the backend's own intra-op thread pool to ``n`` threads."""
+    if backend_name() == "torch":
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def float_weights(model):
+    """The model's floating-point weights (trainable first-class and
+    non-trainable state such as batch-norm statistics), in model order."""
+    return [v for v in model.weights if _is_float(v.dtype)]
+
+
+def read(variables):
+    """Current values of Keras variables as numpy arrays."""
+    return [np.asarray(v.numpy()) for v in variables]
+
+
+def write(variables, arrays):
+    """Assign numpy arrays to Keras variables (cast to each one's dtype)."""
+    for v, a in zip(variables, arrays):
+        v.assign(np.asarray(a, dtype=v.dtype))
+
+
+def tensor_to_numpy(t):
+    """A numpy view (torch CPU) or copy of a backend tensor."""
+    if t is None:
+        return None
+    if backend_name() == "torch" and t.device.type == "cpu":
+        return t.detach().numpy()
+    import keras
+
+    return keras.ops.convert_to_numpy(t)
+
+
+def numpy_to_tensor(a, like):
+    """A backend tensor with ``a``'s values and ``like``'s dtype/device."""
+    if like is None:
+        return None
+    if backend_name() == "torch":
+        import torch
+
+        return torch.from_numpy(a).to(device=like.device, dtype=like.dtype)
+    import keras
+
+    return keras.ops.cast(keras.ops.convert_to_tensor(a), like.dtype)
+
+
+def runs_eagerly(model):
+    """True when the train step runs eagerly, so gradients are concrete
+    tensors that can leave the graph for MPI."""
+    if getattr(model, "run_eagerly", False):
+        return True
+    return backend_name() == "torch" and not getattr(model, "jit_compile", False)
+
+
+def install_gradient_hook(optimizer, on_gradients):
+    """Make ``optimizer.apply`` pass gradients through ``on_gradients`` first.
+
+    ``on_gradients`` maps a list of numpy arrays (``None`` for missing
+    gradients) to a list of averaged arrays. Returns a function that removes
+    the hook.
+    """
+    original = optimizer.apply
+
+    def apply(grads, trainable_variables=None):
+        grads = list(grads)
+        arrays = [tensor_to_numpy(g) for g in grads]
+        averaged = on_gradients(arrays)
+        new = [numpy_to_tensor(a, g) for a, g in zip(averaged, grads)]
+        return original(new, trainable_variables)
+
+    # Keras optimizers track attributes set through __setattr__; the hook is
+    # plain behaviour, not state, so bypass tracking (and remove it later).
+    object.__setattr__(optimizer, "apply", apply)
+
+    def remove():
+        optimizer.__dict__.pop("apply", None)
+
+    return remove
+
+
+def _is_float(dtype):
+    return "float" in str(dtype)

@@ -1,0 +1,201 @@
+"""``TMPISync``: the Keras 3 callback that makes ``model.fit`` data-parallel."""
+
+import numbers
+import warnings
+
+import keras
+import numpy as np
+
+from tmpi_adapters.keras import _bridge
+from tmpi_core import (broadcast_arrays, check_same_across_ranks,
+                       describe_arrays, get_context, make_rule)
+
+__all__ = ["TMPISync"]
+
+
+class TMPISync(keras.callbacks.Callback):
+    """Synchronise a Keras model across MPI ranks with a tmpi rule.
+
+    At train begin: checks that every rank built the same model and runs the
+    same number of steps per epoch, broadcasts rank 0's weights and optimizer
+    state, and (``'grads'`` rules) hooks the optimizer so gradients are
+    averaged before every update. At batch end: the rule's parameter exchange.
+    At epoch end: loss, metrics and validation metrics are global averages on
+    every rank. At train end: every rank holds the same final model. It can
+    be reused across repeated ``fit`` calls.
+
+    Put it first in the callback list, launch with ``mpiexec -n P python
+    train.py``, and give each rank its shard of the data
+    (:func:`tmpi_adapters.keras.shard`).
+
+    Gradient averaging (``TMPISync('bsp')``, ``mode='grads'``) needs an
+    eagerly run train step: the torch backend (default ``jit_compile``) or
+    ``model.compile(run_eagerly=True)`` on JAX/TensorFlow. A jitted step
+    raises a ``ValueError`` at train begin instead of silently training
+    unsynchronised; ``mode='params'`` works everywhere.
+
+    Args:
+        rule: rule name (``'bsp'``) or a :class:`tmpi_core.Rule`.
+        average_metrics: make epoch logs global averages (default True).
+        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+        **options: the rule's options, e.g. ``mode='params', every=4,
+            lr_scaling='linear', warmup_steps=100``.
+
+    Raises:
+        ValueError: for an unknown rule or a bad option, on every rank,
+            before any communication.
+
+    Example:
+        >>> model.fit(x, y, callbacks=[TMPISync("bsp")],
+        ...           verbose=tmpi_keras.verbose())
+    """
+
+    def __init__(self, rule="bsp", *, average_metrics=True, comm=None,
+                 **options):
+        super().__init__()
+        if not isinstance(average_metrics, bool):
+            raise ValueError(
+                f"average_metrics={average_metrics!r} must be True or False")
+        if isinstance(rule, str):
+            options["comm"] = comm
+        self.rule = make_rule(rule, **options)
+        self.average_metrics = average_metrics
+        self.ctx = get_context(comm)
+        if not self.ctx.user_set_threads:
+            _bridge.set_framework_threads(self.ctx.apply_thread_limit())
+        self._weights = None
+        self._remove_hook = None
+        self._base_lr = None
+        self._lr_factor = None
+
+    # -- training -------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        model = self.model
+        grads_rule = getattr(self.rule, "mode", None) == "grads"
+        if grads_rule and not _bridge.runs_eagerly(model):
+            raise ValueError(
+                f"TMPISync({self.rule.name!r}, mode='grads') averages "
+                "gradients between backward pass and update, which needs an "
+                f"eager train step; the {_bridge.backend_name()} backend "
+                "compiles it here (jit_compile). Compile the model with "
+                "run_eagerly=True (or jit_compile=False on torch), or use "
+                "mode='params'"
+            )
+        self._check_steps()
+        self._weights = _bridge.float_weights(model)
+        names = [v.path for v in self._weights]
+        _bridge.write(self._weights,
+                      self.rule.start(_bridge.read(self._weights), names=names))
+        self._broadcast_optimizer()
+        if grads_rule:
+            self._remove_hook = _bridge.install_gradient_hook(
+                model.optimizer, self.rule.on_gradients)
+        if self.rule.lr_scaling is not None:
+            self._start_lr_scaling()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._base_lr is not None:
+            factor = self.rule.lr_factor()
+            if factor != self._lr_factor:
+                self.model.optimizer.learning_rate.assign(
+                    self._base_lr * factor)
+                self._lr_factor = factor
+
+    def on_train_batch_end(self, batch, logs=None):
+        params = (_bridge.read(self._weights) if self.rule.wants_params()
+                  else None)
+        new = self.rule.end_step(params)
+        if new is not None:
+            _bridge.write(self._weights, new)
+        steps = self.params.get("steps") if self.params else None
+        if self.average_metrics and steps and batch == steps - 1:
+            self._sum_metric_states()
+
+    def on_test_end(self, logs=None):
+        if self.average_metrics and logs:
+            self._average_logs(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.average_metrics and logs:
+            self._average_logs(logs)
+
+    def on_train_end(self, logs=None):
+        if self._remove_hook is not None:
+            self._remove_hook()
+            self._remove_hook = None
+        _bridge.write(self._weights,
+                      self.rule.finalize(_bridge.read(self._weights)))
+
+    # -- helpers ------------------------------------------------------------
+    def _check_steps(self):
+        steps = self.params.get("steps") if self.params else None
+        everyone = self.ctx.allgather(steps)
+        if len(set(everyone)) > 1:
+            raise ValueError(
+                "ranks would run different numbers of steps per epoch "
+                f"({dict(enumerate(everyone))}); a rank that finishes early "
+                "leaves the others waiting. Give every rank an equal shard: "
+                "tmpi_adapters.keras.shard((x, y)) or ShardedPyDataset(ds)"
+            )
+        if steps is None:
+            warnings.warn(
+                "the number of steps per epoch is unknown (a generator "
+                "without len()); every rank must yield the same number of "
+                "batches or the job will hang", stacklevel=2)
+
+    def _broadcast_optimizer(self):
+        optimizer = self.model.optimizer
+        if optimizer is None or not optimizer.variables:
+            return
+        variables = list(optimizer.variables)
+        values = _bridge.read(variables)
+        check_same_across_ranks(
+            self.ctx, describe_arrays(values, [v.path for v in variables]),
+            "optimizer variables")
+        _bridge.write(variables, broadcast_arrays(self.ctx, values))
+
+    def _start_lr_scaling(self):
+        lr = self.model.optimizer.learning_rate
+        if not hasattr(lr, "assign"):
+            raise ValueError(
+                "lr_scaling='linear' needs a constant learning rate; the "
+                f"optimizer's is {type(lr).__name__}. Scale your schedule "
+                "by the number of ranks yourself, or drop lr_scaling")
+        if self._base_lr is None:
+            self._base_lr = float(np.asarray(lr.numpy()))
+        self._lr_factor = None
+
+    def _sum_metric_states(self):
+        # Metric states (total/count, confusion counts) are sums: adding them
+        # over ranks makes every metric's result the global one, so the epoch
+        # logs Keras computes next are global on every rank.
+        variables = []
+        seen = set()
+        for metric in self.model.metrics:
+            for v in metric.variables:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    variables.append(v)
+        if not variables:
+            return
+        values = _bridge.read(variables)
+        flat = np.concatenate([np.ravel(a).astype(np.float64) for a in values])
+        self.ctx.allreduce_sum(flat)
+        offset = 0
+        for v, a in zip(variables, values):
+            n = a.size
+            v.assign(flat[offset:offset + n].reshape(a.shape).astype(a.dtype))
+            offset += n
+
+    def _average_logs(self, logs):
+        keys = sorted(k for k, v in logs.items()
+                      if isinstance(v, numbers.Number) or np.ndim(v) == 0)
+        local = {k: float(logs[k]) for k in keys}
+        everyone = self.ctx.allgather(local)
+        if any(sorted(d) != keys for d in everyone):
+            raise ValueError(
+                "ranks report different log keys "
+                f"{[sorted(d) for d in everyone]}; every rank must compile "
+                "the same metrics and use the same validation setting")
+        for k in keys:
+            logs[k] = float(np.mean([d[k] for d in everyone]))

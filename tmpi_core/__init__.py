@@ -1,0 +1,47 @@
+"""tmpi_core: framework-free MPI exchangers and synchronisation rules.
+
+Only numpy and mpi4py are needed; mpi4py is imported when the first
+:class:`Context` is made, not at import time.
+
+Example:
+    >>> from tmpi_core import make_rule
+    >>> rule = make_rule("bsp", mode="grads")
+    >>> params = rule.start(params)          # rank 0's values everywhere
+    >>> grads = rule.on_gradients(grads)     # averaged over ranks
+"""
+
+from tmpi_core.broadcast import broadcast_arrays
+from tmpi_core.buffer import FlatBuffer
+from tmpi_core.checks import check_same_across_ranks, describe_arrays
+from tmpi_core.context import Context, get_context, install_abort_hook
+from tmpi_core.data import (load_cifar10, load_digits, load_idx, load_mnist,
+                            shard, shard_indices)
+from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
+                                  make_exchanger)
+from tmpi_core.rules import BSP, RULES, Rule, make_rule
+
+from tmpi_core._version import __version__
+
+__all__ = [
+    "AllreduceExchanger",
+    "BSP",
+    "Context",
+    "EXCHANGERS",
+    "Exchanger",
+    "FlatBuffer",
+    "RULES",
+    "Rule",
+    "broadcast_arrays",
+    "check_same_across_ranks",
+    "describe_arrays",
+    "get_context",
+    "install_abort_hook",
+    "load_cifar10",
+    "load_digits",
+    "load_idx",
+    "load_mnist",
+    "make_exchanger",
+    "make_rule",
+    "shard",
+    "shard_indices",
+]

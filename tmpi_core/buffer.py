@@ -1,0 +1,93 @@
+"""One fused, preallocated, contiguous float32 buffer with a view per tensor."""
+
+import numpy as np
+
+__all__ = ["FlatBuffer"]
+
+
+class FlatBuffer:
+    """A contiguous float32 buffer holding many tensors back to back.
+
+    Every tensor gets a numpy view (with its own shape) into one flat array,
+    so a whole parameter or gradient set moves in a single collective call.
+    Packing and unpacking copy element-wise into preallocated memory and
+    allocate nothing.
+
+    Args:
+        shapes: the tensor shapes, in a fixed order that every rank shares.
+        dtype: storage type; float32 (the default) is what the exchangers move.
+
+    Attributes:
+        data: the flat 1-D array (length :attr:`size`).
+        views: one array per tensor, each a view into :attr:`data`.
+        shapes: the shapes, as tuples.
+
+    Example:
+        >>> buf = FlatBuffer([(2, 3), (4,)])
+        >>> buf.pack([np.ones((2, 3)), np.zeros(4)])
+        >>> buf.data.shape
+        (10,)
+    """
+
+    def __init__(self, shapes, *, dtype=np.float32):
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        for s in self.shapes:
+            if any(d < 0 for d in s):
+                raise ValueError(f"shapes must be non-negative, got {s}")
+        counts = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.data = np.zeros(int(self.offsets[-1]), dtype=dtype)
+        self.views = [
+            self.data[int(a):int(b)].reshape(s)
+            for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)
+        ]
+
+    @property
+    def size(self):
+        """Number of elements in the buffer."""
+        return self.data.size
+
+    @property
+    def nbytes(self):
+        """Bytes in the buffer."""
+        return self.data.nbytes
+
+    def __len__(self):
+        return len(self.views)
+
+    def pack(self, arrays):
+        """Copy ``arrays`` into the buffer, one per view, in order.
+
+        ``None`` entries (e.g. a parameter without a gradient) are packed as
+        zeros.
+
+        Args:
+            arrays: array-likes with the buffer's shapes.
+
+        Raises:
+            ValueError: on a count or shape mismatch, naming the index.
+        """
+        if len(arrays) != len(self.views):
+            raise ValueError(
+                f"expected {len(self.views)} arrays to pack, got {len(arrays)}"
+            )
+        for i, (view, a) in enumerate(zip(self.views, arrays)):
+            if a is None:
+                view.fill(0)
+                continue
+            if np.shape(a) != view.shape:
+                raise ValueError(
+                    f"array {i} has shape {np.shape(a)}, the buffer expects "
+                    f"{view.shape}"
+                )
+            np.copyto(view, a, casting="same_kind")
+
+    def unpack(self, arrays):
+        """Copy the buffer back into writable ``arrays`` (in place)."""
+        if len(arrays) != len(self.views):
+            raise ValueError(
+                f"expected {len(self.views)} arrays to unpack into, "
+                f"got {len(arrays)}"
+            )
+        for a, view in zip(arrays, self.views):
+            np.copyto(a, view, casting="same_kind")

@@ -1,0 +1,182 @@
+"""Communicator context: who am I, who shares my host, how many threads I get.
+
+mpi4py is imported lazily, the first time a context is made, so importing
+``tmpi_core`` never initialises MPI by itself.
+"""
+
+import os
+import sys
+import threading
+
+__all__ = ["Context", "get_context"]
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_DEFAULT = {}
+_LOCK = threading.Lock()
+_ABORT_HOOK_INSTALLED = []
+
+
+class Context:
+    """Rank, size and host layout of one communicator.
+
+    Args:
+        comm: an ``mpi4py.MPI.Comm``; defaults to ``MPI.COMM_WORLD``.
+        abort_on_exception: install a ``sys.excepthook`` that prints the
+            traceback and aborts the whole job (``comm.Abort(1)``) when an
+            uncaught exception ends this rank, so other ranks never hang in a
+            collective. Only installed when the job has more than one rank.
+
+    Attributes:
+        comm: the communicator.
+        rank, size: this process's rank and the number of ranks.
+        local_rank, local_size: rank among, and number of, ranks on this host.
+        threads: threads this rank should use for compute (see
+            :meth:`threads_per_rank`).
+        user_set_threads: True when the user fixed the thread count through
+            ``TMPI_NUM_THREADS`` or ``OMP_NUM_THREADS`` before tmpi started.
+
+    Example:
+        >>> ctx = get_context()
+        >>> if ctx.rank == 0:
+        ...     print(f"{ctx.size} ranks, {ctx.threads} threads each")
+    """
+
+    def __init__(self, comm=None, *, abort_on_exception=True):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        try:
+            self.local_rank = local.Get_rank()
+            self.local_size = local.Get_size()
+        finally:
+            local.Free()
+        self.user_set_threads = any(
+            os.environ.get(v) for v in ("TMPI_NUM_THREADS", "OMP_NUM_THREADS")
+        )
+        self.threads = self.threads_per_rank()
+        if abort_on_exception and self.size > 1:
+            install_abort_hook(self.comm)
+
+    def threads_per_rank(self):
+        """Compute threads for this rank.
+
+        ``TMPI_NUM_THREADS`` or ``OMP_NUM_THREADS`` win when set; otherwise the
+        cores this process may run on, divided by the ranks on this host
+        (at least 1), so ranks sharing a host do not oversubscribe it.
+
+        Returns:
+            int: the thread count.
+        """
+        for var in ("TMPI_NUM_THREADS", "OMP_NUM_THREADS"):
+            value = os.environ.get(var)
+            if value:
+                try:
+                    n = int(value)
+                except ValueError:
+                    raise ValueError(
+                        f"{var}={value!r} is not an integer; set it to the "
+                        "number of threads each rank should use"
+                    ) from None
+                if n < 1:
+                    raise ValueError(f"{var}={n} must be >= 1")
+                return n
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        return max(1, cores // self.local_size)
+
+    def apply_thread_limit(self):
+        """Limit this process's compute threads to :attr:`threads`.
+
+        Sets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
+        ``MKL_NUM_THREADS`` (for libraries loaded later) and, when
+        ``threadpoolctl`` is installed, the BLAS/OpenMP pools already loaded.
+        Framework thread pools (torch) are set by the adapters. Does nothing
+        when the user set the count.
+
+        Returns:
+            int: the thread count in force.
+        """
+        if self.user_set_threads:
+            return self.threads
+        for var in _THREAD_VARS:
+            os.environ.setdefault(var, str(self.threads))
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            threadpool_limits(self.threads)
+        return self.threads
+
+    # Small, non-hot-path collectives on Python objects (start-up checks,
+    # epoch metrics). The per-step exchange lives in the exchangers.
+
+    def allgather(self, obj):
+        """Gather one small picklable object from every rank, in rank order."""
+        return self.comm.allgather(obj)
+
+    def bcast(self, obj, root=0):
+        """Broadcast one small picklable object from ``root``."""
+        return self.comm.bcast(obj, root=root)
+
+    def bcast_array(self, array, root=0):
+        """Broadcast a contiguous numpy array from ``root`` in place."""
+        self.comm.Bcast(array, root=root)
+        return array
+
+    def allreduce_sum(self, array):
+        """Sum a contiguous numpy array over all ranks, in place."""
+        if self.size > 1:
+            self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
+        return array
+
+    def barrier(self):
+        """Wait until every rank arrives."""
+        self.comm.Barrier()
+
+
+def get_context(comm=None):
+    """Return the shared :class:`Context` for ``comm`` (default COMM_WORLD).
+
+    One context is kept per communicator, so the host layout and thread count
+    are computed once.
+    """
+    key = id(comm) if comm is not None else None
+    with _LOCK:
+        ctx = _DEFAULT.get(key)
+        if ctx is None:
+            ctx = Context(comm)
+            _DEFAULT[key] = ctx
+        return ctx
+
+
+def install_abort_hook(comm):
+    """Make an uncaught exception on this rank end the whole MPI job.
+
+    The previous ``sys.excepthook`` prints the traceback first; then
+    ``comm.Abort(1)`` stops every rank with a non-zero exit status instead of
+    leaving the others blocked in a collective. Installed once per process.
+
+    Args:
+        comm: the communicator to abort.
+    """
+    if _ABORT_HOOK_INSTALLED:
+        return
+    previous = sys.excepthook
+
+    def _abort_hook(exc_type, exc, tb):
+        try:
+            previous(exc_type, exc, tb)
+            sys.stderr.flush()
+            sys.stdout.flush()
+        finally:
+            comm.Abort(1)
+
+    sys.excepthook = _abort_hook
+    _ABORT_HOOK_INSTALLED.append(_abort_hook)

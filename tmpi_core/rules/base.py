@@ -1,0 +1,149 @@
+"""What every rule shares: scheduling words, learning-rate scaling, state."""
+
+import numbers
+
+from tmpi_core._version import __version__
+from tmpi_core.broadcast import broadcast_arrays
+from tmpi_core.buffer import FlatBuffer
+from tmpi_core.checks import check_same_across_ranks, describe_arrays
+from tmpi_core.context import get_context
+
+__all__ = ["Rule"]
+
+LR_SCALINGS = (None, "linear")
+
+
+class Rule:
+    """Base class of the synchronisation rules.
+
+    A rule works on lists of numpy arrays handed to it by an adapter at the
+    framework's natural hooks, and returns arrays for the adapter to write
+    back. The calls, in order, all collective (every rank makes them in the
+    same order):
+
+    * :meth:`start` once before training: checks that every rank holds the
+      same parameter shapes and the same rule configuration, then returns
+      rank 0's parameters (the initial broadcast);
+    * :meth:`on_gradients` between gradient and update (gradient rules);
+    * :meth:`end_step` after each optimizer step; it returns parameters to
+      write back when this step exchanged them, else ``None``. Adapters ask
+      :meth:`wants_params` first so they read parameters only when needed;
+    * :meth:`finalize` at the end of training: the model every rank keeps.
+
+    Args:
+        every: exchange period in steps (``>= 1``).
+        lr_scaling: ``None`` or ``'linear'`` — Goyal et al. 2017 linear
+            scaling: the learning rate grows from ``lr`` to ``lr * p`` over
+            ``warmup_steps`` steps (read it with :meth:`lr_factor`).
+        warmup_steps: steps of gradual warm-up for ``lr_scaling='linear'``.
+        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+
+    Raises:
+        ValueError: for out-of-range or wrongly typed options.
+    """
+
+    name = None
+
+    def __init__(self, *, every=1, lr_scaling=None, warmup_steps=0, comm=None):
+        self.every = _positive_int("every", every)
+        if lr_scaling not in LR_SCALINGS:
+            raise ValueError(
+                f"lr_scaling={lr_scaling!r} is not supported; use None or "
+                "'linear' (Goyal et al. 2017: lr * ranks after a warm-up)"
+            )
+        self.lr_scaling = lr_scaling
+        self.warmup_steps = _nonnegative_int("warmup_steps", warmup_steps)
+        self._comm = comm
+        self.ctx = None
+        self.step = 0
+        self._params = None
+
+    # -- configuration ----------------------------------------------------
+    def config(self):
+        """Return the rule's options as a dict (what every rank must share)."""
+        return {"tmpi": __version__, "rule": self.name, "every": self.every,
+                "lr_scaling": self.lr_scaling,
+                "warmup_steps": self.warmup_steps}
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self, params, *, names=None):
+        """Check agreement across ranks and broadcast rank 0's parameters.
+
+        Args:
+            params: numpy arrays, the model's parameters in a fixed order.
+            names: optional names, used in error messages.
+
+        Returns:
+            list of arrays holding rank 0's values (exact in every dtype);
+            the adapter writes them into the model.
+
+        Raises:
+            ValueError: on every rank, if ranks differ in configuration or in
+                parameter count, shapes or dtypes.
+        """
+        if self.ctx is None:
+            self.ctx = get_context(self._comm)
+        check_same_across_ranks(self.ctx, self.config(), "rule options")
+        spec = describe_arrays(params, names)
+        check_same_across_ranks(self.ctx, spec, "parameters")
+        shapes = [s for _, s, _ in spec]
+        if self._params is None or self._params.shapes != shapes:
+            self._params = FlatBuffer(shapes)
+        return broadcast_arrays(self.ctx, params, root=0)
+
+    def on_gradients(self, grads):
+        """Exchange gradients before the update; ``None`` means unchanged."""
+        return None
+
+    def wants_params(self):
+        """True when :meth:`end_step` will exchange parameters this step."""
+        return False
+
+    def end_step(self, params=None):
+        """Finish one local optimizer step (see the class docstring)."""
+        self.step += 1
+        return None
+
+    def finalize(self, params):
+        """Return the parameters every rank keeps when training ends."""
+        raise NotImplementedError
+
+    def lr_factor(self):
+        """Multiplier for the base learning rate at the current step."""
+        if self.lr_scaling is None:
+            return 1.0
+        size = self._size()
+        if self.warmup_steps == 0 or self.step >= self.warmup_steps:
+            return float(size)
+        return 1.0 + (size - 1) * self.step / self.warmup_steps
+
+    # -- state --------------------------------------------------------------
+    def state_dict(self):
+        """Return the rule's state (a dict of plain values) for checkpoints."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned."""
+        self.step = int(state["step"])
+
+    # -- helpers ------------------------------------------------------------
+    def _size(self):
+        if self.ctx is None:
+            self.ctx = get_context(self._comm)
+        return self.ctx.size
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    if value < 1:
+        raise ValueError(f"{name}={value!r} must be >= 1")
+    return int(value)
+
+
+def _nonnegative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r} must be an integer >= 0")
+    if value < 0:
+        raise ValueError(f"{name}={value!r} must be >= 0")
+    return int(value)

@@ -1,0 +1,139 @@
+"""BSP: bulk synchronous parallel averaging of gradients or parameters."""
+
+from tmpi_core.buffer import FlatBuffer
+from tmpi_core.checks import check_same_across_ranks, describe_arrays
+from tmpi_core.exchangers import EXCHANGERS, make_exchanger
+from tmpi_core.rules.base import Rule
+
+__all__ = ["BSP"]
+
+MODES = ("grads", "params")
+
+
+class BSP(Rule):
+    """Bulk synchronous parallel SGD: every rank averages, every ``every`` steps.
+
+    ``mode='grads'``: ``g <- (1/p) sum_i g_i`` before the optimizer applies
+    it — exactly large-batch SGD (batch ``p*b``) for any optimizer, Adam
+    included. ``mode='params'``: each rank applies its own update, then
+    ``x <- (1/p) sum_i x_i`` every ``every`` steps (Theano-MPI's ``avg``);
+    equal to large-batch SGD for plain and momentum SGD when ranks start
+    equal; ``every > 1`` is local SGD / periodic model averaging (Lin et al.
+    2018, "Don't Use Large Mini-Batches, Use Local SGD").
+
+    Args:
+        mode: ``'grads'`` (default) or ``'params'``.
+        every: period in steps; ``> 1`` needs ``mode='params'``.
+        strategy: exchanger name (``'ar'``).
+        lr_scaling: ``None`` or ``'linear'`` (see :class:`Rule`).
+        warmup_steps: warm-up steps for linear scaling.
+        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+
+    Raises:
+        ValueError: for an unknown mode or strategy, or ``every > 1`` with
+            ``mode='grads'``.
+
+    Example:
+        >>> rule = BSP(mode="params", every=4)   # local SGD, average every 4
+    """
+
+    name = "bsp"
+
+    def __init__(self, *, mode="grads", every=1, strategy="ar",
+                 lr_scaling=None, warmup_steps=0, comm=None):
+        super().__init__(every=every, lr_scaling=lr_scaling,
+                         warmup_steps=warmup_steps, comm=comm)
+        if mode not in MODES:
+            raise ValueError(
+                f"mode={mode!r} is not a BSP mode; use 'grads' (average "
+                "gradients, exact large-batch SGD) or 'params' (average "
+                "parameters after each update)"
+            )
+        if mode == "grads" and self.every != 1:
+            raise ValueError(
+                f"every={every} needs mode='params': gradients are averaged "
+                "every step; periodic averaging (local SGD) averages parameters"
+            )
+        if strategy not in EXCHANGERS:
+            raise ValueError(
+                f"strategy={strategy!r} is not a known exchanger; choose one "
+                f"of {sorted(EXCHANGERS)}"
+            )
+        self.mode = mode
+        self.strategy = strategy
+        self._exchanger = None
+        self._grads = None
+
+    def config(self):
+        """Return the options every rank must share."""
+        return dict(super().config(), mode=self.mode, strategy=self.strategy)
+
+    def start(self, params, *, names=None):
+        """Check agreement and broadcast rank 0's parameters (see :class:`Rule`)."""
+        out = super().start(params, names=names)
+        if self._exchanger is None:
+            self._exchanger = make_exchanger(self.strategy, self.ctx.comm)
+        return out
+
+    def on_gradients(self, grads):
+        """Average gradients over ranks (``mode='grads'``).
+
+        Args:
+            grads: numpy arrays in a fixed order; ``None`` counts as zeros.
+
+        Returns:
+            list of averaged arrays (views of the fused gradient buffer, valid
+            until the next call), or ``None`` in ``'params'`` mode.
+        """
+        if self.mode != "grads":
+            return None
+        self._require_started()
+        if self._grads is None:
+            spec = describe_arrays(grads)
+            check_same_across_ranks(self.ctx, spec, "gradients")
+            self._grads = FlatBuffer([s for _, s, _ in spec])
+        self._grads.pack(grads)
+        self._exchanger.allreduce_mean(self._grads)
+        return self._grads.views
+
+    def wants_params(self):
+        """True in ``'params'`` mode on every ``every``-th step."""
+        return self.mode == "params" and (self.step + 1) % self.every == 0
+
+    def end_step(self, params=None):
+        """Count the step; average ``params`` when :meth:`wants_params`.
+
+        Returns:
+            averaged parameters (views of the fused buffer) or ``None``.
+        """
+        exchange = self.wants_params()
+        self.step += 1
+        if not exchange:
+            return None
+        if params is None:
+            raise ValueError(
+                "end_step needs the parameters on an exchange step; call "
+                "wants_params() first and pass them"
+            )
+        return self._average_params(params)
+
+    def finalize(self, params):
+        """Average the parameters once more so every rank ends identical.
+
+        In ``'grads'`` mode trainable parameters are already equal; this also
+        evens out non-trainable state (batch-norm statistics) and, in
+        ``'params'`` mode with ``every > 1``, the last partial period.
+        """
+        return self._average_params(params)
+
+    def _average_params(self, params):
+        self._require_started()
+        self._params.pack(params)
+        self._exchanger.allreduce_mean(self._params)
+        return self._params.views
+
+    def _require_started(self):
+        if self._exchanger is None:
+            raise RuntimeError(
+                "BSP.start(params) must run on every rank before exchanging"
+            )
