@@ -30,7 +30,8 @@ def check_same_across_ranks(ctx, spec, what):
     Args:
         ctx: a :class:`~tmpi_core.context.Context`.
         spec: a picklable description, a list of ``(name, shape, dtype)``
-            for tensors or a dict for configuration.
+            for tensors (names are not compared, only reported) or a dict
+            for configuration.
         what: what the spec describes, used in the message ("parameters").
 
     Raises:
@@ -39,9 +40,18 @@ def check_same_across_ranks(ctx, spec, what):
     specs = ctx.allgather(spec)
     ref = specs[0]
     for rank, other in enumerate(specs[1:], start=1):
-        if other == ref:
+        if _comparable(other) == _comparable(ref):
             continue
         raise ValueError(_difference(what, ref, other, rank))
+
+
+def _comparable(spec):
+    # Tensor names only help the message: automatic names may differ between
+    # ranks (one rank built an extra model) while the layouts agree.
+    if isinstance(spec, (list, tuple)):
+        return [e[1:] if isinstance(e, tuple) and len(e) == 3 else e
+                for e in spec]
+    return spec
 
 
 def _difference(what, ref, other, rank):
@@ -58,8 +68,8 @@ def _difference(what, ref, other, rank):
             return (prefix + f"rank {rank} has {len(other)} {what}, rank 0 has "
                     f"{len(ref)}; every rank must build the same model")
         for i, (a, b) in enumerate(zip(ref, other)):
-            if a != b:
-                return (prefix + f"{what} {i} is {_fmt(b)} on rank {rank} but "
+            if _comparable([a]) != _comparable([b]):
+                return (prefix + f"entry {i} is {_fmt(b)} on rank {rank} but "
                         f"{_fmt(a)} on rank 0; every rank must build the same "
                         "model")
     return prefix + f"rank {rank} has {other!r}, rank 0 has {ref!r}"

@@ -76,10 +76,21 @@ def install_gradient_hook(optimizer, on_gradients):
     the hook.
     """
     original = optimizer.apply
+    zeros = {}
 
     def apply(grads, trainable_variables=None):
         grads = list(grads)
         arrays = [tensor_to_numpy(g) for g in grads]
+        if any(a is None for a in arrays):
+            # A variable the loss does not reach: exchange zeros so every
+            # rank packs the same layout, and keep it None for Keras to skip.
+            variables = (list(trainable_variables) if trainable_variables
+                         is not None else optimizer._trainable_variables)
+            for i, a in enumerate(arrays):
+                if a is None:
+                    if i not in zeros:
+                        zeros[i] = np.zeros(variables[i].shape, np.float32)
+                    arrays[i] = zeros[i]
         averaged = on_gradients(arrays)
         new = [numpy_to_tensor(a, g) for a, g in zip(averaged, grads)]
         return original(new, trainable_variables)

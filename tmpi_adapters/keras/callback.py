@@ -67,10 +67,13 @@ class TMPISync(keras.callbacks.Callback):
         self._remove_hook = None
         self._base_lr = None
         self._lr_factor = None
+        self._in_fit = False
+        self._last_test_batch = None
 
     # -- training -------------------------------------------------------
     def on_train_begin(self, logs=None):
         model = self.model
+        self._in_fit = True
         grads_rule = getattr(self.rule, "mode", None) == "grads"
         if grads_rule and not _bridge.runs_eagerly(model):
             raise ValueError(
@@ -81,7 +84,8 @@ class TMPISync(keras.callbacks.Callback):
                 "run_eagerly=True (or jit_compile=False on torch), or use "
                 "mode='params'"
             )
-        self._check_steps()
+        self._check_same_steps(
+            self.params.get("steps") if self.params else None, "training")
         self._weights = _bridge.float_weights(model)
         names = [v.path for v in self._weights]
         _bridge.write(self._weights,
@@ -111,15 +115,26 @@ class TMPISync(keras.callbacks.Callback):
         if self.average_metrics and steps and batch == steps - 1:
             self._sum_metric_states()
 
-    def on_test_end(self, logs=None):
-        if self.average_metrics and logs:
-            self._average_logs(logs)
+    def on_test_begin(self, logs=None):
+        # Inside fit, validation reuses fit's callback params (train steps);
+        # the validation step count lives on the cached eval iterator.
+        steps = self.params.get("steps") if self.params else None
+        if self._in_fit:
+            iterator = getattr(self.model, "_eval_epoch_iterator", None)
+            steps = getattr(iterator, "num_batches", None)
+        self._check_same_steps(steps, "evaluation")
+        self._last_test_batch = steps - 1 if steps else None
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.average_metrics and batch == self._last_test_batch:
+            self._sum_metric_states()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.average_metrics and logs:
             self._average_logs(logs)
 
     def on_train_end(self, logs=None):
+        self._in_fit = False
         if self._remove_hook is not None:
             self._remove_hook()
             self._remove_hook = None
@@ -127,21 +142,20 @@ class TMPISync(keras.callbacks.Callback):
                       self.rule.finalize(_bridge.read(self._weights)))
 
     # -- helpers ------------------------------------------------------------
-    def _check_steps(self):
-        steps = self.params.get("steps") if self.params else None
+    def _check_same_steps(self, steps, phase):
         everyone = self.ctx.allgather(steps)
         if len(set(everyone)) > 1:
             raise ValueError(
-                "ranks would run different numbers of steps per epoch "
+                f"ranks would run different numbers of {phase} steps "
                 f"({dict(enumerate(everyone))}); a rank that finishes early "
                 "leaves the others waiting. Give every rank an equal shard: "
                 "tmpi_adapters.keras.shard((x, y)) or ShardedPyDataset(ds)"
             )
-        if steps is None:
+        if steps is None and phase == "training":
             warnings.warn(
                 "the number of steps per epoch is unknown (a generator "
                 "without len()); every rank must yield the same number of "
-                "batches or the job will hang", stacklevel=2)
+                "batches or the job will hang", stacklevel=3)
 
     def _broadcast_optimizer(self):
         optimizer = self.model.optimizer

@@ -79,7 +79,8 @@ class BSP(Rule):
         """Average gradients over ranks (``mode='grads'``).
 
         Args:
-            grads: numpy arrays in a fixed order; ``None`` counts as zeros.
+            grads: numpy arrays in a fixed order; after the first call a
+                ``None`` entry counts as zeros (a parameter without gradient).
 
         Returns:
             list of averaged arrays (views of the fused gradient buffer, valid
@@ -89,6 +90,12 @@ class BSP(Rule):
             return None
         self._require_started()
         if self._grads is None:
+            missing = [i for i, g in enumerate(grads) if g is None]
+            if missing:
+                raise ValueError(
+                    f"gradients {missing} are None on the first exchange, so "
+                    "their shapes are unknown; pass zeros of the parameters' "
+                    "shapes instead")
             spec = describe_arrays(grads)
             check_same_across_ranks(self.ctx, spec, "gradients")
             self._grads = FlatBuffer([s for _, s, _ in spec])

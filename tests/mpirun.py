@@ -1,0 +1,90 @@
+"""Run a script on real MPI ranks from pytest, with a timeout.
+
+A hang fails the test (``subprocess.TimeoutExpired`` is turned into an
+assertion) instead of stalling CI.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SCRIPTS = os.path.join(HERE, "mpi")
+
+__all__ = ["mpiexec", "run_mpi", "run_mpi_json", "ROOT", "SCRIPTS"]
+
+
+def mpiexec():
+    """The ``mpiexec`` next to this interpreter (the venv's), else on PATH."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.exists(local):
+        return local
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise RuntimeError(
+            "no mpiexec found; the test command installs one (pip install "
+            "mpich) - run the tests with `make test`")
+    return found
+
+
+def run_mpi(script, n, *args, timeout=180, env=None, check=True):
+    """Run ``script`` (a path, or a name under tests/mpi) on ``n`` ranks.
+
+    Args:
+        script: file name under ``tests/mpi`` or a path.
+        n: number of ranks.
+        *args: command-line arguments for the script.
+        timeout: seconds before the run counts as hung.
+        env: extra environment variables (``None`` removes one).
+        check: assert a zero exit status.
+
+    Returns:
+        subprocess.CompletedProcess with ``stdout`` and ``stderr`` as text.
+    """
+    path = script if os.path.isabs(script) else os.path.join(SCRIPTS, script)
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT, HERE, full_env.get("PYTHONPATH", "")])
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = str(value)
+    cmd = [mpiexec(), "-n", str(n), sys.executable, path, *map(str, args)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=timeout, env=full_env, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(
+            f"{' '.join(cmd)} hung for more than {timeout}s\n"
+            f"stdout:\n{_text(e.stdout)}\nstderr:\n{_text(e.stderr)}") from None
+    if check:
+        assert proc.returncode == 0, (
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def run_mpi_json(script, n, tmp_path, *args, **kwargs):
+    """Run a script that writes one JSON result per rank to ``--out DIR``.
+
+    Returns:
+        list of the ranks' results, in rank order.
+    """
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    run_mpi(script, n, "--out", out, *args, **kwargs)
+    results = []
+    for rank in range(n):
+        with open(out / f"rank{rank}.json") as f:
+            results.append(json.load(f))
+    return results
+
+
+def _text(data):
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data

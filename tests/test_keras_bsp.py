@@ -1,0 +1,102 @@
+"""BSP through TMPISync on real ranks equals single-process large-batch SGD."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras", reason="the Keras adapter needs keras")
+
+from kmodels import compile_model, make_data, make_model, make_optimizer  # noqa: E402
+from mpirun import run_mpi_json  # noqa: E402
+
+N, B, EPOCHS = 160, 8, 3          # 2 ranks x 10 steps x 3 epochs = 30 steps
+
+
+def reference(optimizer, *, ranks=2, fits=1):
+    """One process, batch ranks*B, same data order and initial weights."""
+    x, y = make_data(N)
+    xv, yv = make_data(N // 2, seed=1)
+    model = compile_model(make_model(100), make_optimizer(optimizer))
+    histories = []
+    for _ in range(fits):
+        h = model.fit(x, y, batch_size=ranks * B, epochs=EPOCHS, shuffle=False,
+                      validation_data=(xv, yv), verbose=0)
+        histories.append(h.history)
+    return model.get_weights(), histories
+
+
+def assert_weights_close(got, want, tol):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mode,optimizer", [
+    ("grads", "momentum"),
+    ("grads", "adam"),
+    ("params", "sgd"),
+    ("params", "momentum"),
+])
+def test_bsp_two_ranks_equal_large_batch(tmp_path, mode, optimizer):
+    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", optimizer,
+                         "--mode", mode, "--batch", B, "--n", N,
+                         "--epochs", EPOCHS)
+    want_w, want_h = reference(optimizer)
+    for r in ranks:
+        assert_weights_close(r["weights"], want_w, 2e-4)
+    # Identical on every rank, bit for bit: they were averaged at the end.
+    for a, b in zip(ranks[0]["weights"], ranks[1]["weights"]):
+        np.testing.assert_array_equal(a, b)
+    # Epoch logs are global: equal to the large-batch run's, on every rank.
+    for r in ranks:
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(r["histories"][0][key], want_h[0][key],
+                                       rtol=2e-4, atol=2e-4, err_msg=key)
+
+
+def test_repeated_fit_and_evaluate_are_global(tmp_path):
+    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "adam",
+                         "--fits", 2, "--batch", B, "--n", N,
+                         "--epochs", EPOCHS)
+    want_w, want_h = reference("adam", fits=2)
+    for r in ranks:
+        assert_weights_close(r["weights"], want_w, 5e-4)
+        np.testing.assert_allclose(r["histories"][1]["loss"],
+                                   want_h[1]["loss"], rtol=5e-4, atol=5e-4)
+    # evaluate() with the callback: the mean of the ranks' local results.
+    local = [r["local_evaluate"]["loss"] for r in ranks]
+    assert abs(local[0] - local[1]) > 1e-6, "shards should differ locally"
+    for r in ranks:
+        assert r["evaluate"]["loss"] == pytest.approx(np.mean(local), rel=1e-6)
+
+
+def test_three_ranks_uneven_data_and_batchnorm(tmp_path):
+    # 161 samples over 3 ranks: each gets 53, none waits. Batch-norm moving
+    # statistics differ per rank during training and are averaged at the end.
+    ranks = run_mpi_json("keras_fit.py", 3, tmp_path, "--n", 161,
+                         "--batchnorm", "--epochs", 2)
+    for r in ranks[1:]:
+        for a, b in zip(ranks[0]["weights"], r["weights"]):
+            np.testing.assert_array_equal(a, b)
+        assert r["histories"] == ranks[0]["histories"]
+
+
+def test_periodic_averaging_every_k(tmp_path):
+    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--mode", "params",
+                         "--every", 4, "--optimizer", "sgd", "--epochs", 2)
+    for a, b in zip(ranks[0]["weights"], ranks[1]["weights"]):
+        np.testing.assert_array_equal(a, b)
+    # Local SGD is not large-batch SGD: it must differ from the reference
+    # (guards against a rule that silently averages every step).
+    want_w, _ = reference("sgd")
+    assert max(np.abs(np.asarray(g) - w).max()
+               for g, w in zip(ranks[0]["weights"], want_w)) > 1e-4
+
+
+def test_linear_lr_scaling_with_warmup(tmp_path):
+    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "sgd",
+                         "--lr-scaling", "linear", "--warmup-steps", 5,
+                         "--epochs", 1)
+    base = 0.1
+    want = [base * (1 + (2 - 1) * min(1.0, s / 5)) for s in range(10)]
+    for r in ranks:
+        np.testing.assert_allclose(r["lrs"], want, rtol=1e-6)

@@ -1,0 +1,31 @@
+"""The zoo's examples run end to end on real ranks and learn."""
+
+import re
+
+import pytest
+
+pytest.importorskip("keras", reason="the Keras zoo needs keras")
+
+from mpirun import ROOT, run_mpi  # noqa: E402
+
+
+def test_keras_wresnet_trains_on_two_ranks(tmp_path):
+    proc = run_mpi(f"{ROOT}/zoo/keras_wresnet.py", 2, "--epochs", 4,
+                   "--save", tmp_path / "wrn.keras", timeout=300)
+    out = proc.stdout
+    # rank 0 alone prints: one header, one line per epoch, one final line
+    assert out.count("wrn_10_2:") == 1
+    assert len(re.findall(r"^Epoch \d+/4$", out, re.M)) == 4
+    final = re.search(r"final: test_accuracy=([\d.]+) .*samples/s=([\d.]+) "
+                      r"ranks=2", out)
+    assert final, out
+    assert float(final.group(1)) > 0.8      # digits, 4 epochs: well above 0.1
+    assert float(final.group(2)) > 0
+    assert (tmp_path / "wrn.keras").exists()
+
+
+def test_keras_wresnet_rejects_a_bad_depth():
+    proc = run_mpi(f"{ROOT}/zoo/keras_wresnet.py", 1, "--depth", 12,
+                   check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "--depth=12 must be 6n+4" in proc.stderr
