@@ -1,22 +1,21 @@
 """Cost of the BSP gradient exchange against a raw ``MPI_Allreduce``.
 
 For each buffer size, and for the parameter set of a Wide-ResNet-16-4
-(CIFAR-10 shapes), this times two things side by side in the same run:
+(CIFAR-10 shapes), this times four operations side by side in the same run:
 
 * **exchange**: ``BSP(mode='grads').on_gradients(grads)`` on a list of
-  float32 tensors of that many bytes in total -- packing into the fused
-  buffer, one in-place ``Allreduce`` and the ``1/p`` scaling;
+  float32 tensors of that many bytes in total -- one pass packing them into
+  the fused buffer scaled by ``1/p``, then one in-place ``Allreduce``;
+* **ar**: the ``ar`` exchanger alone on an already fused buffer;
 * **raw**: ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` on one
-  preallocated float32 array of the same bytes.
+  preallocated float32 array of the same bytes;
+* **pack**: the exchange's pack pass alone (local, no communication).
 
-The two alternate every repetition (exchange first on even repetitions, raw
-first on odd ones) so slow drift of a noisy machine hits both alike. Every
-timed call is preceded by a ``Barrier``; each rank times it with
-``time.perf_counter`` and the repetition's time is the maximum over ranks.
-Medians are reported, with the ratio of the medians and the median of the
-per-repetition ratios. A third, local-only measurement per repetition times
-the two extra passes the exchange makes over memory (``FlatBuffer.pack`` and
-the in-place scaling), so the difference can be attributed.
+Each repetition runs all four in an order rotated every repetition, so slow
+drift of a noisy machine hits all alike. Every timed call is preceded by a
+``Barrier``; each rank times it with ``time.perf_counter`` and the
+repetition's time is the maximum over ranks. Medians are reported, with
+ratios of medians and the median of per-repetition exchange/raw ratios.
 
 Launch::
 
@@ -40,6 +39,7 @@ import numpy as np
 
 from tmpi_core.buffer import FlatBuffer
 from tmpi_core.context import get_context
+from tmpi_core.exchangers import make_exchanger
 from tmpi_core.rules.bsp import BSP
 
 __all__ = ["wrn_param_shapes", "split_sizes", "parse_size", "main"]
@@ -206,7 +206,8 @@ def _parse_args(argv):
         help="most adaptive repetitions (default: 1000)")
     parser.add_argument(
         "--budget-s", type=float, default=10.0,
-        help="target seconds of timed repetitions per row (default: 10)")
+        help="target seconds of interleaved exchange/raw pairs per row "
+        "(default: 10)")
     parser.add_argument(
         "--warmup", type=int, default=3,
         help="untimed repetitions before timing, >= 1 (default: 3)")
@@ -239,6 +240,9 @@ def _parse_args(argv):
     return args
 
 
+OPS = ("exchange", "ar", "raw", "pack")
+
+
 class _Row:
     """The buffers and timed operations of one benchmark row."""
 
@@ -253,10 +257,11 @@ class _Row:
                       for s in self.shapes]
         self.rule = BSP(mode="grads", comm=ctx.comm)
         self.rule.start([np.zeros(s, np.float32) for s in self.shapes])
-        count = sum(g.size for g in self.grads)
+        self.exchanger = make_exchanger("ar", ctx.comm)
         # Zeros: the sum's cost does not depend on the values for normal
         # floats, and zeros never grow into inf over many in-place sums.
-        self.raw = np.zeros(count, dtype=np.float32)
+        self.fused = FlatBuffer(self.shapes)
+        self.raw = np.zeros(self.fused.size, dtype=np.float32)
         self.local = FlatBuffer(self.shapes)
         self.scale = np.float32(1.0 / ctx.size)
         self._in_place = MPI.IN_PLACE
@@ -264,42 +269,28 @@ class _Row:
         self._max = MPI.MAX
         self._land = MPI.LAND
         self.nbytes = self.raw.nbytes
+        self._ops = {
+            "exchange": lambda: self.rule.on_gradients(self.grads),
+            "ar": lambda: self.exchanger.allreduce_sum(self.fused),
+            "raw": lambda: ctx.comm.Allreduce(self._in_place, self.raw,
+                                              op=self._sum),
+            "pack": lambda: self.local.pack(self.grads, scale=self.scale),
+        }
 
-    def time_exchange(self):
-        comm = self.ctx.comm
-        comm.Barrier()
-        t0 = time.perf_counter()
-        self.rule.on_gradients(self.grads)
-        return time.perf_counter() - t0
-
-    def time_raw(self):
-        comm = self.ctx.comm
-        comm.Barrier()
-        t0 = time.perf_counter()
-        comm.Allreduce(self._in_place, self.raw, op=self._sum)
-        return time.perf_counter() - t0
-
-    def time_local_passes(self):
-        """Time the exchange's two local passes: pack, then the scaling."""
+    def _time(self, op):
         self.ctx.comm.Barrier()
-        data = self.local.data
         t0 = time.perf_counter()
-        self.local.pack(self.grads)
-        t1 = time.perf_counter()
-        np.multiply(data, self.scale, out=data)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1
+        self._ops[op]()
+        return time.perf_counter() - t0
 
     def repetition(self, index):
-        """One repetition; returns max-over-ranks seconds of each part."""
-        if index % 2 == 0:
-            exchange = self.time_exchange()
-            raw = self.time_raw()
-        else:
-            raw = self.time_raw()
-            exchange = self.time_exchange()
-        pack, scale = self.time_local_passes()
-        times = np.array([exchange, raw, pack, scale], dtype=np.float64)
+        """One repetition of every op, in an order rotated by ``index`` so
+        slow drift hits all alike: max-over-ranks seconds in :data:`OPS`
+        order."""
+        k = index % len(OPS)
+        order = OPS[k:] + OPS[:k]
+        seconds = dict((op, self._time(op)) for op in order)
+        times = np.array([seconds[op] for op in OPS], dtype=np.float64)
         self.ctx.comm.Allreduce(self._in_place, times, op=self._max)
         return times
 
@@ -324,55 +315,49 @@ class _Row:
     def run(self, args):
         """Warm up, pick the repetition count, time; return a result dict."""
         self.check()
-        last = None
-        for i in range(args.warmup):
-            last = self.repetition(i)
+        warm = [float(self.repetition(i).sum()) for i in range(args.warmup)]
         if args.repeats is not None:
             repeats = args.repeats
         else:
             # Every rank holds the same max-over-ranks times, so every rank
             # picks the same count.
-            per_rep = max(float(last.sum()), 1e-9)
+            per_rep = max(statistics.median(warm), 1e-9)
             repeats = int(min(args.max_repeats,
                               max(args.min_repeats, args.budget_s // per_rep)))
-        samples = np.empty((repeats, 4), dtype=np.float64)
-        for i in range(repeats):
-            samples[i] = self.repetition(i)
+        samples = np.array([self.repetition(i) for i in range(repeats)])
         return _summarise(self, samples)
 
 
 def _summarise(row, samples):
-    exchange, raw, pack, scale = (samples[:, j] for j in range(4))
-    med = {k: statistics.median(v.tolist()) for k, v in
-           (("exchange", exchange), ("raw", raw), ("pack", pack),
-            ("scale", scale))}
+    cols = {op: samples[:, j] for j, op in enumerate(OPS)}
+    med = {op: statistics.median(v.tolist()) for op, v in cols.items()}
     return {
         "label": row.label,
         "bytes": row.nbytes,
         "tensors": len(row.shapes),
         "repeats": int(samples.shape[0]),
         "median_ms": {k: v * 1e3 for k, v in med.items()},
-        "ratio_of_medians": med["exchange"] / med["raw"],
-        "median_of_ratios": statistics.median((exchange / raw).tolist()),
-        "samples_ms": {"exchange": (exchange * 1e3).tolist(),
-                       "raw": (raw * 1e3).tolist(),
-                       "pack": (pack * 1e3).tolist(),
-                       "scale": (scale * 1e3).tolist()},
+        "exchange_over_raw": med["exchange"] / med["raw"],
+        "ar_over_raw": med["ar"] / med["raw"],
+        "median_of_ratios": statistics.median(
+            (cols["exchange"] / cols["raw"]).tolist()),
+        "samples_ms": {op: (v * 1e3).tolist() for op, v in cols.items()},
     }
 
 
 def _table(results):
     head = (f"{'row':>10} {'MiB':>7} {'tens':>4} {'reps':>4} "
-            f"{'exch ms':>9} {'raw ms':>9} {'ratio':>6} {'med r':>6} "
-            f"{'pack ms':>8} {'scale ms':>8}")
+            f"{'exch ms':>9} {'ar ms':>9} {'raw ms':>9} {'pack ms':>8} "
+            f"{'exch/raw':>8} {'med r':>6} {'ar/raw':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
         m = r["median_ms"]
         lines.append(
             f"{r['label']:>10} {r['bytes'] / 2**20:>7.3f} {r['tensors']:>4} "
-            f"{r['repeats']:>4} {m['exchange']:>9.3f} {m['raw']:>9.3f} "
-            f"{r['ratio_of_medians']:>6.3f} {r['median_of_ratios']:>6.3f} "
-            f"{m['pack']:>8.3f} {m['scale']:>8.3f}")
+            f"{r['repeats']:>4} {m['exchange']:>9.3f} {m['ar']:>9.3f} "
+            f"{m['raw']:>9.3f} {m['pack']:>8.3f} "
+            f"{r['exchange_over_raw']:>8.3f} {r['median_of_ratios']:>6.3f} "
+            f"{r['ar_over_raw']:>6.3f}")
     return "\n".join(lines)
 
 
@@ -416,15 +401,17 @@ def main(argv=None):
         del row
         if ctx.rank == 0:
             r = results[-1]
-            print(f"  {label}: exchange/raw {r['ratio_of_medians']:.3f} "
+            print(f"  {label}: exchange/raw {r['exchange_over_raw']:.3f} "
                   f"({r['repeats']} reps)", flush=True)
 
     if ctx.rank == 0:
         print()
         print(_table(results))
-        print("\nratio = median(exchange) / median(raw); med r = median of "
-              "per-repetition ratios;\npack, scale = the exchange's local "
-              "passes timed alone (max over ranks).")
+        print("\nexch = BSP gradient exchange (pack x 1/p + Allreduce), "
+              "ar = the ar exchanger on an\nalready fused buffer, raw = "
+              "comm.Allreduce of the same bytes, pack = the pack alone;\n"
+              "exch/raw and ar/raw are ratios of medians, med r the median "
+              "of per-repetition exch/raw.")
         if args.json:
             meta = {
                 "ranks": ctx.size,

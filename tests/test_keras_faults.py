@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras", reason="the Keras adapter needs keras")
 
 import tmpi_adapters.keras as tmpi_keras  # noqa: E402
 from kmodels import compile_model, make_data, make_model, make_optimizer  # noqa: E402
-from mpirun import run_mpi  # noqa: E402
+from mpirun import run_mpi, run_mpi_json  # noqa: E402
 
 TIMEOUT = 60
 
@@ -92,3 +92,12 @@ def test_sharded_pydataset_gives_equal_batches():
         ds[7]
     model = compile_model(make_model(0), make_optimizer("sgd"))
     model.fit(ds, epochs=1, verbose=0, callbacks=[tmpi_keras.TMPISync()])
+
+
+def test_sharded_pydataset_uneven_batches_on_real_ranks(tmp_path):
+    ranks = run_mpi_json("keras_pydataset.py", 2, tmp_path, "--batches", 7,
+                         timeout=TIMEOUT)
+    assert [r["len"] for r in ranks] == [3, 3]
+    assert sorted(set(ranks[0]["seen"])) == [0, 2, 4]
+    assert sorted(set(ranks[1]["seen"])) == [1, 3, 5]
+    assert ranks[0]["loss"] == ranks[1]["loss"]

@@ -55,7 +55,7 @@ class FlatBuffer:
     def __len__(self):
         return len(self.views)
 
-    def pack(self, arrays):
+    def pack(self, arrays, scale=None):
         """Copy ``arrays`` into the buffer, one per view, in order.
 
         ``None`` entries (e.g. a parameter without a gradient) are packed as
@@ -63,6 +63,8 @@ class FlatBuffer:
 
         Args:
             arrays: array-likes with the buffer's shapes.
+            scale: optional factor applied while copying (same single pass
+                over memory), e.g. ``1/p`` so that a sum over ranks is a mean.
 
         Raises:
             ValueError: on a count or shape mismatch, naming the index.
@@ -80,7 +82,10 @@ class FlatBuffer:
                     f"array {i} has shape {np.shape(a)}, the buffer expects "
                     f"{view.shape}"
                 )
-            np.copyto(view, a, casting="same_kind")
+            if scale is None:
+                np.copyto(view, a, casting="same_kind")
+            else:
+                np.multiply(a, scale, out=view, casting="same_kind")
 
     def unpack(self, arrays):
         """Copy the buffer back into writable ``arrays`` (in place)."""

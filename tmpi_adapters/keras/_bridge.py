@@ -1,11 +1,15 @@
 """Moving Keras variables and gradients to and from numpy, per backend."""
 
+import functools
+
 import numpy as np
 
 __all__ = []
 
 
+@functools.lru_cache(maxsize=None)
 def backend_name():
+    """Keras' backend name; fixed for the life of the process."""
     import keras
 
     return keras.backend.backend()

@@ -6,8 +6,10 @@ __all__ = ["Exchanger"]
 class Exchanger:
     """Moves the bytes of a :class:`~tmpi_core.buffer.FlatBuffer` between ranks.
 
-    Subclasses implement :meth:`allreduce_mean`; rules call nothing else on
-    the hot path. An exchanger is bound to one communicator.
+    Subclasses implement :meth:`allreduce_sum`; rules call nothing else on
+    the hot path. Rules that want a mean pack their values scaled by ``1/p``
+    (:meth:`FlatBuffer.pack`'s ``scale``), which costs no extra pass over
+    memory. An exchanger is bound to one communicator.
 
     Args:
         comm: an ``mpi4py.MPI.Comm``.
@@ -19,8 +21,8 @@ class Exchanger:
         self.comm = comm
         self.size = comm.Get_size()
 
-    def allreduce_mean(self, buffer):
-        """Replace ``buffer.data`` by its mean over all ranks, in place."""
+    def allreduce_sum(self, buffer):
+        """Replace ``buffer.data`` by its sum over all ranks, in place."""
         raise NotImplementedError
 
     def free(self):

@@ -1,5 +1,7 @@
 """BSP: bulk synchronous parallel averaging of gradients or parameters."""
 
+import numpy as np
+
 from tmpi_core.buffer import FlatBuffer
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.exchangers import EXCHANGERS, make_exchanger
@@ -73,6 +75,7 @@ class BSP(Rule):
         out = super().start(params, names=names)
         if self._exchanger is None:
             self._exchanger = make_exchanger(self.strategy, self.ctx.comm)
+            self._inv_size = np.float32(1.0 / self.ctx.size)
         return out
 
     def on_gradients(self, grads):
@@ -99,8 +102,8 @@ class BSP(Rule):
             spec = describe_arrays(grads)
             check_same_across_ranks(self.ctx, spec, "gradients")
             self._grads = FlatBuffer([s for _, s, _ in spec])
-        self._grads.pack(grads)
-        self._exchanger.allreduce_mean(self._grads)
+        self._grads.pack(grads, scale=self._inv_size)
+        self._exchanger.allreduce_sum(self._grads)
         return self._grads.views
 
     def wants_params(self):
@@ -135,8 +138,8 @@ class BSP(Rule):
 
     def _average_params(self, params):
         self._require_started()
-        self._params.pack(params)
-        self._exchanger.allreduce_mean(self._params)
+        self._params.pack(params, scale=self._inv_size)
+        self._exchanger.allreduce_sum(self._params)
         return self._params.views
 
     def _require_started(self):
