@@ -30,7 +30,9 @@ setup(
         "mpich": ["mpich"],
         # The bundled default data (scikit-learn's digits).
         "data": ["scikit-learn"],
-        "dev": ["pytest", "scikit-learn"],
+        # Tests, and executing the notebooks.
+        "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel",
+                "matplotlib"],
     },
     license="BSD-3-Clause",
     classifiers=[

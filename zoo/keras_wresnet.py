@@ -15,6 +15,7 @@ final line with test accuracy and samples/s.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -123,6 +124,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default=None,
                    help="write the trained model (rank 0) to this .keras file")
+    p.add_argument("--history", default=None,
+                   help="write the per-epoch global logs and the final "
+                        "figures (rank 0) to this JSON file")
     return p.parse_args(argv)
 
 
@@ -156,9 +160,9 @@ def main(argv=None):
               "per rank", flush=True)
 
     start = time.perf_counter()
-    model.fit(x_tr, y_tr, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(x_te, y_te), callbacks=[sync],
-              verbose=tmpi_keras.verbose(2))
+    history = model.fit(x_tr, y_tr, batch_size=args.batch_size,
+                        epochs=args.epochs, validation_data=(x_te, y_te),
+                        callbacks=[sync], verbose=tmpi_keras.verbose(2))
     elapsed = time.perf_counter() - start
     test = model.evaluate(x_te, y_te, batch_size=256, callbacks=[sync],
                           verbose=0, return_dict=True)
@@ -169,6 +173,11 @@ def main(argv=None):
               f"ranks={size} wall_s={elapsed:.1f}", flush=True)
         if args.save:
             model.save(args.save)
+        if args.history:
+            with open(args.history, "w") as f:
+                json.dump({"history": history.history, "test": test,
+                           "ranks": size, "samples_per_s": samples / elapsed,
+                           "wall_s": elapsed, "args": vars(args)}, f)
     return test
 
 

@@ -1,0 +1,38 @@
+"""The notebooks execute, at a small size, so they cannot rot."""
+
+import os
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="the test command installs nbformat")
+nbclient = pytest.importorskip("nbclient", reason="the test command installs nbclient")
+
+from mpirun import ROOT  # noqa: E402
+
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
+
+
+def execute(name, parameters, tmp_path):
+    """Run a notebook with its parameters cell replaced; return it."""
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    cell = next(c for c in nb.cells if c.source.startswith("# Parameters"))
+    cell.source = "# Parameters\n" + "\n".join(
+        f"{k} = {v!r}" for k, v in parameters.items())
+    os.environ["TMPI_NOTEBOOK_OUT"] = str(tmp_path)
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": NOTEBOOKS}}
+                                ).execute()
+    finally:
+        del os.environ["TMPI_NOTEBOOK_OUT"]
+    return nb
+
+
+def test_keras_wresnet_ranks_notebook(tmp_path):
+    nb = execute("keras_wresnet_ranks.ipynb", {"EPOCHS": 1, "RANKS": [1, 2]},
+                 tmp_path)
+    table = nb.cells[-1].outputs[0]["text"].splitlines()
+    assert table[0].split() == ["ranks", "test", "acc", "samples/s", "wall", "s"]
+    assert [row.split()[0] for row in table[1:]] == ["1", "2"]
+    assert (tmp_path / "wrn_ranks.png").stat().st_size > 10_000
+    assert (tmp_path / "wrn_2ranks.json").exists()
