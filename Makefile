@@ -1,33 +1,49 @@
 # Two commands for a fresh machine with Python 3.11:
 #   make demo   - Wide-ResNet on the bundled digits, 2 MPI ranks
-#   make test   - the whole test suite (real MPI ranks included)
-# Both build the virtual environment they need in .venv first.
+#   make test   - the whole test suite (real MPI ranks included), in both
+#                 environments: .venv (numpy 2: Keras 3 on torch, PyTensor)
+#                 and .venv-theano (numpy < 1.24: Theano 1.0.5, Lasagne 0.1)
+# Each builds the virtual environments it needs first.
 
 PYTHON ?= python3
 VENV   ?= .venv
+TVENV  ?= .venv-theano
 BIN    := $(VENV)/bin
+TBIN   := $(TVENV)/bin
 RANKS  ?= 2
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-main test-theano bench venv venv-theano clean
 
 venv: $(VENV)/.installed
+venv-theano: $(TVENV)/.installed
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build of torch as Keras' backend (an unpinned torch pulls CUDA).
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[keras,mpich,data,dev]"
+	$(BIN)/pip install --quiet -e ".[keras,pytensor,mpich,data,dev]"
+	touch $@
+
+$(TVENV)/.installed: setup.py
+	$(PYTHON) -m venv $(TVENV)
+	$(TBIN)/pip install --quiet --upgrade pip "setuptools>=77.0.3,<81"
+	$(TBIN)/pip install --quiet -e ".[theano,mpich,theano-dev]"
 	touch $@
 
 demo: venv
 	KERAS_BACKEND=torch $(BIN)/mpiexec -n $(RANKS) $(BIN)/python zoo/keras_wresnet.py
 
-test: venv
+test: test-main test-theano
+
+test-main: venv
 	KERAS_BACKEND=torch $(BIN)/python -m pytest tests -q
+
+test-theano: venv-theano
+	$(TBIN)/python -m pytest tests -q
 
 bench: venv
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/python benchmarks/exchange.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TVENV) build *.egg-info

@@ -13,7 +13,6 @@ __all__ = ["Context", "get_context"]
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _DEFAULT = {}
 _LOCK = threading.Lock()
-_ABORT_HOOK_INSTALLED = []
 
 
 class Context:
@@ -58,7 +57,16 @@ class Context:
             os.environ.get(v) for v in ("TMPI_NUM_THREADS", "OMP_NUM_THREADS")
         )
         self.threads = self.threads_per_rank()
-        if abort_on_exception and self.size > 1:
+        self.abort_on_exception = abort_on_exception
+        self.ensure_abort_hook()
+
+    def ensure_abort_hook(self):
+        """(Re)install the abort-on-exception hook if this context wants it.
+
+        Cheap; rules call it before their first collective because some
+        libraries (Theano, PyTensor) replace ``sys.excepthook`` on import.
+        """
+        if self.abort_on_exception and self.size > 1:
             install_abort_hook(self.comm)
 
     def threads_per_rank(self):
@@ -159,14 +167,17 @@ def get_context(comm=None):
 def install_abort_hook(comm):
     """Make an uncaught exception on this rank end the whole MPI job.
 
-    The previous ``sys.excepthook`` prints the traceback first; then
-    ``comm.Abort(1)`` stops every rank with a non-zero exit status instead of
-    leaving the others blocked in a collective. Installed once per process.
+    Wraps the current ``sys.excepthook``: it prints the traceback first,
+    then ``comm.Abort(1)`` stops every rank with a non-zero exit status
+    instead of leaving the others blocked in a collective. Idempotent; call
+    it again after importing a library that replaces ``sys.excepthook``
+    without chaining (Theano and PyTensor do) — tmpi's rules and adapters
+    do so themselves.
 
     Args:
         comm: the communicator to abort.
     """
-    if _ABORT_HOOK_INSTALLED:
+    if getattr(sys.excepthook, "_tmpi_abort", False):
         return
     previous = sys.excepthook
 
@@ -178,5 +189,5 @@ def install_abort_hook(comm):
         finally:
             comm.Abort(1)
 
+    _abort_hook._tmpi_abort = True
     sys.excepthook = _abort_hook
-    _ABORT_HOOK_INSTALLED.append(_abort_hook)

@@ -2,6 +2,8 @@
 
 import numbers
 
+import numpy as np
+
 from tmpi_core._version import __version__
 from tmpi_core.broadcast import broadcast_arrays
 from tmpi_core.buffer import FlatBuffer
@@ -55,6 +57,7 @@ class Rule:
         self.warmup_steps = _nonnegative_int("warmup_steps", warmup_steps)
         self._comm = comm
         self.ctx = None
+        self._checked = False
         self.step = 0
         self._params = None
 
@@ -81,14 +84,10 @@ class Rule:
             ValueError: on every rank, if ranks differ in configuration or in
                 parameter count, shapes or dtypes.
         """
-        if self.ctx is None:
-            self.ctx = get_context(self._comm)
-        check_same_across_ranks(self.ctx, self.config(), "rule options")
+        self._ready()
         spec = describe_arrays(params, names)
         check_same_across_ranks(self.ctx, spec, "parameters")
-        shapes = [s for _, s, _ in spec]
-        if self._params is None or self._params.shapes != shapes:
-            self._params = FlatBuffer(shapes)
+        self._params = fused_buffer_for(spec, self._params)
         return broadcast_arrays(self.ctx, params, root=0)
 
     def on_gradients(self, grads):
@@ -127,10 +126,47 @@ class Rule:
         self.step = int(state["step"])
 
     # -- helpers ------------------------------------------------------------
+    def _ready(self):
+        """Make the context and check the configuration, once (collective).
+
+        Called by :meth:`start` and by the first exchange, so a rule used
+        only on gradients needs no ``start``.
+        """
+        if self.ctx is None:
+            self.ctx = get_context(self._comm)
+        self.ctx.ensure_abort_hook()
+        if not self._checked:
+            check_same_across_ranks(self.ctx, self.config(), "rule options")
+            self._checked = True
+            self._on_ready()
+
+    def _on_ready(self):
+        """Hook for subclasses: allocate what needs the context."""
+
     def _size(self):
         if self.ctx is None:
             self.ctx = get_context(self._comm)
         return self.ctx.size
+
+
+def fused_buffer_for(spec, current=None):
+    """A :class:`FlatBuffer` for tensors described by ``spec``.
+
+    float32 unless a tensor is float64 (Theano's default ``floatX``), so
+    averaging never loses precision a model has; ``current`` is reused when
+    it already fits.
+
+    Args:
+        spec: ``[(name, shape, dtype), ...]`` from ``describe_arrays``.
+        current: a buffer to reuse if shapes and dtype match.
+    """
+    shapes = [s for _, s, _ in spec]
+    dtype = np.float64 if any(d == "float64" for _, _, d in spec) \
+        else np.float32
+    if current is not None and current.shapes == shapes \
+            and current.data.dtype == dtype:
+        return current
+    return FlatBuffer(shapes, dtype=dtype)
 
 
 def _positive_int(name, value):

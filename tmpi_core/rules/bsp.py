@@ -1,11 +1,8 @@
 """BSP: bulk synchronous parallel averaging of gradients or parameters."""
 
-import numpy as np
-
-from tmpi_core.buffer import FlatBuffer
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.exchangers import EXCHANGERS, make_exchanger
-from tmpi_core.rules.base import Rule
+from tmpi_core.rules.base import Rule, fused_buffer_for
 
 __all__ = ["BSP"]
 
@@ -70,13 +67,9 @@ class BSP(Rule):
         """Return the options every rank must share."""
         return dict(super().config(), mode=self.mode, strategy=self.strategy)
 
-    def start(self, params, *, names=None):
-        """Check agreement and broadcast rank 0's parameters (see :class:`Rule`)."""
-        out = super().start(params, names=names)
-        if self._exchanger is None:
-            self._exchanger = make_exchanger(self.strategy, self.ctx.comm)
-            self._inv_size = np.float32(1.0 / self.ctx.size)
-        return out
+    def _on_ready(self):
+        self._exchanger = make_exchanger(self.strategy, self.ctx.comm)
+        self._inv_size = 1.0 / self.ctx.size
 
     def on_gradients(self, grads):
         """Average gradients over ranks (``mode='grads'``).
@@ -91,7 +84,7 @@ class BSP(Rule):
         """
         if self.mode != "grads":
             return None
-        self._require_started()
+        self._ready()
         if self._grads is None:
             missing = [i for i, g in enumerate(grads) if g is None]
             if missing:
@@ -101,7 +94,7 @@ class BSP(Rule):
                     "shapes instead")
             spec = describe_arrays(grads)
             check_same_across_ranks(self.ctx, spec, "gradients")
-            self._grads = FlatBuffer([s for _, s, _ in spec])
+            self._grads = fused_buffer_for(spec)
         self._grads.pack(grads, scale=self._inv_size)
         self._exchanger.allreduce_sum(self._grads)
         return self._grads.views
@@ -143,7 +136,8 @@ class BSP(Rule):
         return self._params.views
 
     def _require_started(self):
-        if self._exchanger is None:
+        if self._params is None:
             raise RuntimeError(
-                "BSP.start(params) must run on every rank before exchanging"
+                "BSP.start(params) must run on every rank before parameters "
+                "are exchanged"
             )

@@ -1,0 +1,403 @@
+"""What the Theano and PyTensor adapters share: an exchange Op in the graph.
+
+Both libraries build symbolic graphs over shared variables and compile them
+with ``function(..., updates=...)``. tmpi inserts one Op whose ``perform``
+hands the values of a whole list of tensors to a tmpi rule and returns the
+rule's result: one fused collective per call of the compiled function, not
+one per parameter. The public modules (:mod:`tmpi_adapters.lasagne`,
+:mod:`tmpi_adapters.pytensor`) bind this to their library.
+"""
+
+import collections
+import functools
+import warnings
+
+import numpy as np
+
+from tmpi_core import (broadcast_arrays, check_same_across_ranks,
+                       describe_arrays, get_context, make_rule)
+
+__all__ = []
+
+
+class GraphLib:
+    """The handful of names that differ between Theano and PyTensor."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "theano":
+            import theano
+            from theano import gof
+
+            self.Op, self.Apply = gof.Op, gof.Apply
+            self.as_tensor = theano.tensor.as_tensor_variable
+            self.SharedVariable = theano.compile.SharedVariable
+            self.Variable = gof.Variable
+        elif name == "pytensor":
+            import pytensor
+            from pytensor.graph.basic import Apply, Variable
+            from pytensor.graph.op import Op
+
+            self.Op, self.Apply, self.Variable = Op, Apply, Variable
+            self.as_tensor = pytensor.tensor.as_tensor_variable
+            self.SharedVariable = pytensor.compile.SharedVariable
+            # PyTensor's numba linker runs Ops without a numba kernel in
+            # object mode and says so each compile; for an Op whose work is
+            # an MPI call that is the right mode, not news.
+            warnings.filterwarnings(
+                "ignore", message="Numba will use object mode to run "
+                "TMPIExchange", category=UserWarning)
+        else:  # pragma: no cover - internal
+            raise ValueError(name)
+        self.ExchangeOp = _exchange_op_class(self)
+
+
+@functools.lru_cache(maxsize=None)
+def graph_lib(name):
+    """The :class:`GraphLib` for ``'theano'`` or ``'pytensor'`` (cached)."""
+    return GraphLib(name)
+
+
+def _exchange_op_class(lib):
+    class TMPIExchange(lib.Op):
+        """Graph Op: outputs = ``exchange(inputs)``, run by a tmpi rule.
+
+        Equality is identity, so the graph optimiser never merges two
+        different exchanges. Outputs are fresh arrays, never views of the
+        rule's fused buffer (which the next call overwrites).
+        """
+
+        def __init__(self, exchange, label):
+            self.exchange = exchange
+            self.label = label
+
+        def __eq__(self, other):
+            return self is other
+
+        def __hash__(self):
+            return id(self)
+
+        def __str__(self):
+            return f"TMPIExchange{{{self.label}}}"
+
+        def make_node(self, *inputs):
+            inputs = [lib.as_tensor(i) for i in inputs]
+            return lib.Apply(self, inputs, [i.type() for i in inputs])
+
+        def perform(self, node, inputs, output_storage, params=None):
+            outs = self.exchange(list(inputs))
+            for store, out, inp in zip(output_storage, outs, inputs):
+                store[0] = np.array(out, dtype=inp.dtype)
+
+        def infer_shape(self, *args):
+            # Theano: (node, shapes); PyTensor: (fgraph, node, shapes)
+            return args[-1]
+
+        def _not_differentiable(self, *args, **kwargs):
+            raise TypeError(
+                "a tmpi exchange is not differentiable: apply "
+                "distributed()/distributed_grads() after taking gradients")
+
+    # Theano asks Op.grad; PyTensor asks Op.pullback (and warns if an Op
+    # defines grad itself).
+    name = "grad" if lib.name == "theano" else "pullback"
+    setattr(TMPIExchange, name, TMPIExchange._not_differentiable)
+    TMPIExchange.__name__ = TMPIExchange.__qualname__ = "TMPIExchange"
+    return TMPIExchange
+
+
+class DistributedUpdates(collections.OrderedDict):
+    """The updates :func:`distributed` returns: an ``OrderedDict`` for
+    ``function(updates=...)`` that also carries the rule.
+
+    Attributes:
+        rule: the :class:`tmpi_core.Rule` that runs at every call.
+        synchronised: the shared variables the rule exchanges.
+    """
+
+    def finalize(self):
+        """Give every rank the rule's final model (BSP: the average).
+
+        Call once after training on every rank, e.g. before saving: with
+        ``every > 1`` the ranks differ after the last partial period.
+        """
+        values = self.rule.finalize(
+            [v.get_value(borrow=True) for v in self.synchronised])
+        _set_values(self.synchronised, values)
+
+
+def _distributed(lib, updates, rule="bsp", *, params=None, comm=None,
+                **options):
+    """``distributed`` for ``lib`` (documented in :data:`_DISTRIBUTED_DOC`)."""
+    pairs = _update_pairs(lib, updates)
+    rule = _make_rule(rule, comm, options, default_mode="params")
+    if getattr(rule, "mode", None) == "grads":
+        raise ValueError(
+            "distributed(updates) exchanges the updated values; to average "
+            "gradients use distributed_grads(grads) before the update rule")
+    if params is not None:
+        params = _shared_list(lib, params, "params")
+        wanted = set(map(id, params))
+        unknown = [p for p in params if id(p) not in {id(v) for v, _ in pairs}]
+        if unknown:
+            raise ValueError(
+                f"params {[_name(p) for p in unknown]} have no update in "
+                "`updates`; pass the parameters the updates change")
+    chosen = [i for i, (v, _) in enumerate(pairs)
+              if _is_float(v) and (params is None or id(v) in wanted)]
+    if not chosen:
+        raise ValueError(
+            "updates change no floating-point shared variable: nothing to "
+            "synchronise")
+    shared = [pairs[i][0] for i in chosen]
+    names = [_name(v) for v in shared]
+    _set_values(shared, rule.start([v.get_value(borrow=True) for v in shared],
+                                   names=names))
+
+    def exchange(arrays):
+        out = rule.end_step(arrays if rule.wants_params() else None)
+        return arrays if out is None else out
+
+    op = lib.ExchangeOp(exchange, f"{rule.name}:updates")
+    outs = _as_list(op(*[pairs[i][1] for i in chosen]))
+    new = DistributedUpdates(pairs)
+    for i, out in zip(chosen, outs):
+        new[pairs[i][0]] = out
+    new.rule = rule
+    new.synchronised = shared
+    return new
+
+
+def _distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
+                      **options):
+    """``distributed_grads`` for ``lib``."""
+    if isinstance(grads, (str, bytes)) or not hasattr(grads, "__iter__"):
+        raise ValueError(
+            f"grads must be a list of symbolic gradients, got "
+            f"{type(grads).__name__}")
+    grads = list(grads)
+    if not grads:
+        raise ValueError("grads is empty: nothing to average")
+    for i, g in enumerate(grads):
+        if not isinstance(g, lib.Variable):
+            raise ValueError(
+                f"grads[{i}] is a {type(g).__name__}, not a {lib.name} "
+                "variable; pass the list T.grad(loss, params) returns")
+    rule = _make_rule(rule, comm, options, default_mode="grads")
+    if getattr(rule, "mode", "grads") != "grads":
+        raise ValueError(
+            f"distributed_grads() averages gradients; mode={rule.mode!r} "
+            "belongs to distributed(updates)")
+    if params is not None:
+        _broadcast(lib, params, comm=rule._comm, _rule=rule)
+
+    def exchange(arrays):
+        out = rule.on_gradients(arrays)
+        rule.end_step()
+        return out
+
+    op = lib.ExchangeOp(exchange, f"{rule.name}:grads")
+    return _as_list(op(*grads))
+
+
+def _broadcast(lib, params, *, comm=None, _rule=None):
+    """``broadcast`` for ``lib``; with ``_rule``, through its ``start``."""
+    params = _shared_list(lib, params, "params")
+    values = [p.get_value(borrow=True) for p in params]
+    names = [_name(p) for p in params]
+    if _rule is not None:
+        _set_values(params, _rule.start(values, names=names))
+        return
+    ctx = get_context(comm)
+    check_same_across_ranks(ctx, describe_arrays(values, names), "parameters")
+    _set_values(params, broadcast_arrays(ctx, values))
+
+
+# -- the public functions, bound to one library ------------------------------
+
+_DISTRIBUTED_DOC = """Return ``updates`` that synchronise across ranks at every call.
+
+    The new values of the updated floating-point shared variables (the
+    parameters and the update rule's state, e.g. momentum velocities) pass
+    through one exchange Op. With ``rule='bsp'`` (``mode='params'``) they are
+    averaged every ``every`` calls: ``x <- (1/p) sum_i x_i``, which for SGD
+    and momentum SGD from equal starts is large-batch SGD. Rank 0's current
+    values are broadcast now, before the first call.
+
+    Args:
+        updates: the ``OrderedDict`` an update function (Lasagne's, for
+            instance) returns, or any updates dict or list of
+            ``(shared, expression)`` pairs.
+        rule: rule name or :class:`tmpi_core.Rule`.
+        params: restrict the exchange to these shared variables (default:
+            every floating-point variable the updates change).
+        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+        **options: the rule's options (``every=4``).
+
+    Returns:
+        DistributedUpdates: an ``OrderedDict`` to pass to
+        ``{function}(updates=...)``; its ``finalize()`` averages once
+        more after training.
+
+    Raises:
+        ValueError: for keys that are not shared variables, an unknown rule
+            or option, ``mode='grads'``, or (on every rank) models that
+            differ across ranks.
+
+    Example:
+        >>> updates = {module}.distributed(updates, every=4)
+    """
+
+_DISTRIBUTED_GRADS_DOC = """Average symbolic gradients across ranks before any update rule.
+
+    ``g <- (1/p) sum_i g_i`` in one fused collective per call: feeding the
+    result to ``adam`` (or any update rule) is exactly large-batch
+    training with batch ``p*b``.
+
+    Args:
+        grads: the list ``{grad}(loss, params)`` returns.
+        rule: rule name (``'bsp'``) or :class:`tmpi_core.Rule`.
+        params: the parameters; if given, rank 0's values are broadcast now
+            (otherwise call :func:`broadcast` before training).
+        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+        **options: the rule's options.
+
+    Returns:
+        list of symbolic averaged gradients, in order.
+
+    Raises:
+        ValueError: for non-symbolic input, ``mode='params'``, an unknown
+            rule or option; on every rank at the first call if the
+            gradients' shapes differ across ranks.
+
+    Example:
+        >>> grads = {module}.distributed_grads({grad}(loss, params),
+        ...                                        params=params)
+        >>> updates = adam(grads, params)
+    """
+
+_BROADCAST_DOC = """Set every rank's shared variables to rank 0's values (collective).
+
+    Call it on every rank after building (or loading) the model and before
+    training, unless :func:`distributed` or ``distributed_grads(params=...)``
+    already did.
+
+    Args:
+        params: the model's shared variables (with Lasagne:
+            ``lasagne.layers.get_all_params(network)``).
+        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+
+    Raises:
+        ValueError: on every rank if the parameters differ in count, shape or
+            dtype across ranks.
+    """
+
+
+def public_api(libname, *, module, function, grad):
+    """The public ``distributed``, ``distributed_grads`` and ``broadcast``
+    bound to ``libname`` (``'theano'`` or ``'pytensor'``).
+
+    Args:
+        libname: the graph library.
+        module: the public module's name, for ``__module__`` and examples.
+        function, grad: how the docs spell ``function`` and ``grad``.
+
+    Returns:
+        dict of the three functions.
+    """
+    short = module.rsplit(".", 1)[-1]
+    fill = dict(function=function, grad=grad, module=f"tmpi_{short}")
+
+    def distributed(updates, rule="bsp", *, params=None, comm=None,
+                    **options):
+        return _distributed(graph_lib(libname), updates, rule, params=params,
+                            comm=comm, **options)
+
+    def distributed_grads(grads, rule="bsp", *, params=None, comm=None,
+                          **options):
+        return _distributed_grads(graph_lib(libname), grads, rule,
+                                  params=params, comm=comm, **options)
+
+    def broadcast(params, *, comm=None):
+        return _broadcast(graph_lib(libname), params, comm=comm)
+
+    api = {}
+    for fn, doc in ((distributed, _DISTRIBUTED_DOC),
+                    (distributed_grads, _DISTRIBUTED_GRADS_DOC),
+                    (broadcast, _BROADCAST_DOC)):
+        fn.__doc__ = doc.format(**fill)
+        fn.__module__ = module
+        fn.__qualname__ = fn.__name__
+        api[fn.__name__] = fn
+    return api
+
+
+# -- helpers ------------------------------------------------------------------
+
+def _make_rule(rule, comm, options, *, default_mode):
+    if "lr_scaling" in options and options["lr_scaling"] is not None:
+        raise ValueError(
+            "lr_scaling is not applied in compiled graphs; scale the learning "
+            "rate you pass to the update rule by the number of ranks "
+            "(tmpi_core.get_context().size)")
+    if isinstance(rule, str):
+        if rule.lower() == "bsp":
+            options.setdefault("mode", default_mode)
+        options["comm"] = comm
+    return make_rule(rule, **options)
+
+
+def _update_pairs(lib, updates):
+    if isinstance(updates, dict):
+        if not isinstance(updates, collections.OrderedDict):
+            warnings.warn(
+                "updates is a plain dict; its order is the insertion order, "
+                "which must be the same on every rank", stacklevel=3)
+        pairs = list(updates.items())
+    else:
+        try:
+            pairs = [tuple(p) for p in updates]
+        except TypeError:
+            raise ValueError(
+                "updates must be an OrderedDict {shared_variable: new_value} "
+                f"or a list of pairs, got {type(updates).__name__}") from None
+    if not pairs:
+        raise ValueError("updates is empty: nothing to synchronise")
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise ValueError(f"updates[{i}] is not a (variable, value) pair")
+        if not isinstance(pair[0], lib.SharedVariable):
+            raise ValueError(
+                f"updates must be keyed by shared variables; key {i} is a "
+                f"{type(pair[0]).__name__} ({pair[0]!r}). "
+                "lasagne.layers.get_all_params() or collect_shared_vars() "
+                "may help you")
+    return pairs
+
+
+def _shared_list(lib, params, what):
+    params = list(params) if not isinstance(params, lib.SharedVariable) \
+        else [params]
+    for i, p in enumerate(params):
+        if not isinstance(p, lib.SharedVariable):
+            raise ValueError(
+                f"{what}[{i}] is a {type(p).__name__}, not a shared variable; "
+                "pass lasagne.layers.get_all_params(network)")
+    return params
+
+
+def _set_values(shared, values):
+    for v, val in zip(shared, values):
+        v.set_value(np.array(val, dtype=v.dtype))
+
+
+def _is_float(var):
+    return str(var.dtype).startswith("float")
+
+
+def _name(var):
+    return var.name or f"<unnamed {var.dtype}{tuple(var.get_value(borrow=True).shape)}>"
+
+
+def _as_list(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
