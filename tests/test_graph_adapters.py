@@ -128,6 +128,9 @@ def test_bad_input_names_the_culprit(lib):
         dist.distributed_grads([T.grad((w ** 2).sum(), w)], mode="params")
     with pytest.raises(ValueError, match=r"grads\[0\] is a ndarray"):
         dist.distributed_grads([np.zeros(3)])
+    v = mod.shared(np.zeros(2), name="v")
+    with pytest.raises(ValueError, match=r"params \['v'\] have no update"):
+        dist.distributed([(w, w + 1)], params=[v])
     with pytest.raises(ValueError, match="lr_scaling is not applied"):
         dist.distributed([(w, w + 1)], lr_scaling="linear")
     with pytest.raises(ValueError, match="every=0 must be >= 1"):

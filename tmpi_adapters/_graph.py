@@ -349,10 +349,7 @@ def _make_rule(rule, comm, options, *, default_mode):
 
 def _update_pairs(lib, updates):
     if isinstance(updates, dict):
-        if not isinstance(updates, collections.OrderedDict):
-            warnings.warn(
-                "updates is a plain dict; its order is the insertion order, "
-                "which must be the same on every rank", stacklevel=3)
+        # insertion order; the start-up check catches ranks that differ
         pairs = list(updates.items())
     else:
         try:
