@@ -100,3 +100,14 @@ def test_linear_lr_scaling_with_warmup(tmp_path):
     want = [base * (1 + (2 - 1) * min(1.0, s / 5)) for s in range(10)]
     for r in ranks:
         np.testing.assert_allclose(r["lrs"], want, rtol=1e-6)
+
+
+def test_torch_threads_split_the_host(tmp_path):
+    import os
+
+    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--epochs", 1,
+                         env={"OMP_NUM_THREADS": None,
+                              "TMPI_NUM_THREADS": None})
+    want = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert [r["threads"] for r in ranks] == [want, want]
+    assert [r["torch_threads"] for r in ranks] == [want, want]

@@ -63,4 +63,5 @@ with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         "evaluate": evaluation,
         "local_evaluate": local_eval,
         "threads": sync.ctx.threads,
+        "torch_threads": __import__("torch").get_num_threads(),
     }, f)
