@@ -17,7 +17,7 @@ from tmpi_core.context import Context, get_context, install_abort_hook
 from tmpi_core.data import (load_cifar10, load_digits, load_idx, load_mnist,
                             shard, shard_indices)
 from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
-                                  make_exchanger)
+                                  HalfPrecisionExchanger, make_exchanger)
 from tmpi_core.rules import BSP, RULES, Rule, make_rule
 
 from tmpi_core._version import __version__
@@ -29,6 +29,7 @@ __all__ = [
     "EXCHANGERS",
     "Exchanger",
     "FlatBuffer",
+    "HalfPrecisionExchanger",
     "RULES",
     "Rule",
     "broadcast_arrays",

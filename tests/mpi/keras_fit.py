@@ -27,6 +27,7 @@ p.add_argument("--fits", type=int, default=1, help="repeat fit this often")
 p.add_argument("--batchnorm", action="store_true")
 p.add_argument("--lr-scaling", default=None)
 p.add_argument("--warmup-steps", type=int, default=0)
+p.add_argument("--strategy", default="ar")
 args = p.parse_args()
 
 rank, size = tmpi_keras.rank(), tmpi_keras.size()
@@ -44,7 +45,8 @@ record_lr = keras.callbacks.LambdaCallback(
         float(model.optimizer.learning_rate.numpy())))
 sync = tmpi_keras.TMPISync("bsp", mode=args.mode, every=args.every,
                            lr_scaling=args.lr_scaling,
-                           warmup_steps=args.warmup_steps)
+                           warmup_steps=args.warmup_steps,
+                           strategy=args.strategy)
 histories = []
 for _ in range(args.fits):
     h = model.fit(x, y, batch_size=args.batch, epochs=args.epochs,

@@ -5,18 +5,21 @@ they had in Theano-MPI.
 """
 
 from tmpi_core.exchangers.ar import AllreduceExchanger
+from tmpi_core.exchangers.asa16 import HalfPrecisionExchanger
 from tmpi_core.exchangers.base import Exchanger
 
-__all__ = ["AllreduceExchanger", "Exchanger", "EXCHANGERS", "make_exchanger"]
+__all__ = ["AllreduceExchanger", "Exchanger", "EXCHANGERS",
+           "HalfPrecisionExchanger", "make_exchanger"]
 
-EXCHANGERS = {"ar": AllreduceExchanger}
+EXCHANGERS = {"ar": AllreduceExchanger, "asa16": HalfPrecisionExchanger}
 
 
 def make_exchanger(strategy, comm):
     """Build the exchanger called ``strategy`` on ``comm``.
 
     Args:
-        strategy: one of :data:`EXCHANGERS` (``'ar'``).
+        strategy: one of :data:`EXCHANGERS`: ``'ar'`` (fp32 Allreduce) or
+            ``'asa16'`` (fp16 on the wire).
         comm: an ``mpi4py.MPI.Comm``.
 
     Raises:
