@@ -18,7 +18,7 @@ from tmpi_core.data import (load_cifar10, load_digits, load_idx, load_mnist,
                             shard, shard_indices)
 from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
                                   HalfPrecisionExchanger, make_exchanger)
-from tmpi_core.rules import BSP, RULES, Rule, make_rule
+from tmpi_core.rules import BSP, EASGD, RULES, Rule, make_rule
 
 from tmpi_core._version import __version__
 
@@ -26,6 +26,7 @@ __all__ = [
     "AllreduceExchanger",
     "BSP",
     "Context",
+    "EASGD",
     "EXCHANGERS",
     "Exchanger",
     "FlatBuffer",

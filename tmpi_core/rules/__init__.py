@@ -4,17 +4,19 @@ import inspect
 
 from tmpi_core.rules.base import Rule
 from tmpi_core.rules.bsp import BSP
+from tmpi_core.rules.easgd import EASGD
 
-__all__ = ["BSP", "Rule", "RULES", "make_rule"]
+__all__ = ["BSP", "EASGD", "Rule", "RULES", "make_rule"]
 
-RULES = {"bsp": BSP}
+RULES = {"bsp": BSP, "easgd": EASGD}
 
 
 def make_rule(rule, **options):
     """Build a rule by name, or pass a :class:`Rule` instance through.
 
     Args:
-        rule: a name in :data:`RULES` (``'bsp'``) or a ``Rule`` instance.
+        rule: a name in :data:`RULES` (``'bsp'``, ``'easgd'``) or a
+            ``Rule`` instance.
         **options: keyword options of that rule's class.
 
     Returns:
