@@ -28,6 +28,8 @@ p.add_argument("--batchnorm", action="store_true")
 p.add_argument("--lr-scaling", default=None)
 p.add_argument("--warmup-steps", type=int, default=0)
 p.add_argument("--strategy", default="ar")
+p.add_argument("--rule", default="bsp")
+p.add_argument("--options", default="{}", help="JSON options of --rule")
 args = p.parse_args()
 
 rank, size = tmpi_keras.rank(), tmpi_keras.size()
@@ -43,10 +45,14 @@ lrs = []
 record_lr = keras.callbacks.LambdaCallback(
     on_train_batch_begin=lambda b, logs=None: lrs.append(
         float(model.optimizer.learning_rate.numpy())))
-sync = tmpi_keras.TMPISync("bsp", mode=args.mode, every=args.every,
-                           lr_scaling=args.lr_scaling,
-                           warmup_steps=args.warmup_steps,
-                           strategy=args.strategy)
+if args.rule == "bsp":
+    sync = tmpi_keras.TMPISync("bsp", mode=args.mode, every=args.every,
+                               lr_scaling=args.lr_scaling,
+                               warmup_steps=args.warmup_steps,
+                               strategy=args.strategy)
+else:
+    sync = tmpi_keras.TMPISync(args.rule, **json.loads(args.options))
+initial = [np.asarray(w).tolist() for w in model.get_weights()]
 histories = []
 for _ in range(args.fits):
     h = model.fit(x, y, batch_size=args.batch, epochs=args.epochs,
@@ -60,6 +66,8 @@ local_eval = model.evaluate(xv, yv, batch_size=args.batch, verbose=0,
 with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
     json.dump({
         "weights": [np.asarray(w).tolist() for w in model.get_weights()],
+        "initial": initial,
+        "role": getattr(sync.rule, "role", "peer"),
         "histories": histories,
         "lrs": lrs,
         "evaluate": evaluation,

@@ -28,6 +28,13 @@ class TMPISync(keras.callbacks.Callback):
     train.py``, and give each rank its shard of the data
     (:func:`tmpi_adapters.keras.shard`).
 
+    Asynchronous EASGD (``TMPISync('easgd', tau=4)``): rank 0 serves the
+    center and does not train (its ``fit`` ends after the workers', with one
+    empty step, and its validation evaluates the center); workers never wait
+    for each other, so their logs stay local. When ``fit`` returns, every
+    rank holds the center. ``synchronous=True`` trains on every rank and
+    averages logs as BSP does.
+
     Gradient averaging (``TMPISync('bsp')``, ``mode='grads'``) needs an
     eagerly run train step: the torch backend (default ``jit_compile``) or
     ``model.compile(run_eagerly=True)`` on JAX/TensorFlow. A jitted step
@@ -35,7 +42,7 @@ class TMPISync(keras.callbacks.Callback):
     unsynchronised; ``mode='params'`` works everywhere.
 
     Args:
-        rule: rule name (``'bsp'``) or a :class:`tmpi_core.Rule`.
+        rule: rule name (``'bsp'``, ``'easgd'``) or a :class:`tmpi_core.Rule`.
         average_metrics: make epoch logs global averages (default True).
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
         **options: the rule's options, e.g. ``mode='params', every=4,
@@ -69,6 +76,7 @@ class TMPISync(keras.callbacks.Callback):
         self._lr_factor = None
         self._in_fit = False
         self._last_test_batch = None
+        self._server_step = None
 
     # -- training -------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -96,6 +104,8 @@ class TMPISync(keras.callbacks.Callback):
                 model.optimizer, self.rule.on_gradients)
         if self.rule.lr_scaling is not None:
             self._start_lr_scaling()
+        if self._role() == "server":
+            self._serve()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._base_lr is not None:
@@ -112,10 +122,12 @@ class TMPISync(keras.callbacks.Callback):
         if new is not None:
             _bridge.write(self._weights, new)
         steps = self.params.get("steps") if self.params else None
-        if self.average_metrics and steps and batch == steps - 1:
+        if self._global_metrics() and steps and batch == steps - 1:
             self._sum_metric_states()
 
     def on_test_begin(self, logs=None):
+        if self._role() != "peer":
+            return          # asynchronous: ranks do not meet during training
         # Inside fit, validation reuses fit's callback params (train steps);
         # the validation step count lives on the cached eval iterator.
         steps = self.params.get("steps") if self.params else None
@@ -126,11 +138,11 @@ class TMPISync(keras.callbacks.Callback):
         self._last_test_batch = steps - 1 if steps else None
 
     def on_test_batch_end(self, batch, logs=None):
-        if self.average_metrics and batch == self._last_test_batch:
+        if self._global_metrics() and batch == self._last_test_batch:
             self._sum_metric_states()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.average_metrics and logs:
+        if self._global_metrics() and logs:
             self._average_logs(logs)
 
     def on_train_end(self, logs=None):
@@ -140,8 +152,31 @@ class TMPISync(keras.callbacks.Callback):
             self._remove_hook = None
         _bridge.write(self._weights,
                       self.rule.finalize(_bridge.read(self._weights)))
+        if self._server_step is not None:
+            self.model.train_function = None      # Keras rebuilds it
+            self._server_step = None
 
     # -- helpers ------------------------------------------------------------
+    def _role(self):
+        """'peer' for rules where all ranks train in step; 'server' or
+        'worker' for asynchronous server/worker rules (EASGD)."""
+        return getattr(self.rule, "role", "peer")
+
+    def _global_metrics(self):
+        # Asynchronous ranks never wait for each other, so no collective
+        # may run during training: each worker keeps its local logs.
+        return self.average_metrics and self._role() == "peer"
+
+    def _serve(self):
+        # The server does not train: it serves the center until every
+        # worker has finished, takes the center, and runs one empty step so
+        # fit ends (its validation then evaluates the center).
+        center = self.rule.serve()
+        _bridge.write(self._weights, center)
+        self.model.stop_training = True
+        self._server_step = lambda data: {}
+        self.model.train_function = self._server_step
+
     def _check_same_steps(self, steps, phase):
         everyone = self.ctx.allgather(steps)
         if len(set(everyone)) > 1:

@@ -116,6 +116,7 @@ class EASGD(Rule):
         self._local = fused_buffer_for(spec)
         self._work = fused_buffer_for(spec)
         self.elastic_total = np.zeros_like(self._center.data)
+        self._served = False            # a new round of serving (new fit)
         return out
 
     def wants_params(self):
