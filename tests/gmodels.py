@@ -19,7 +19,8 @@ def graph_modules(lib):
     return pytensor, pt
 
 
-def build(lib, optimizer, seed, *, entry=None, dist=None, every=1):
+def build(lib, optimizer, seed, *, entry=None, dist=None, rule="bsp",
+          options=None):
     """Compile ``train(x, y) -> loss``; return ``(train, params)``.
 
     Args:
@@ -30,7 +31,7 @@ def build(lib, optimizer, seed, *, entry=None, dist=None, every=1):
         entry: ``None`` (no tmpi), ``'grads'`` (``dist.distributed_grads``)
             or ``'updates'`` (``dist.distributed``).
         dist: the tmpi adapter module.
-        every: BSP period for ``entry='updates'``.
+        rule, options: the tmpi rule and its options for ``'updates'``.
     """
     mod, T = graph_modules(lib)
     x, y = T.matrix("x"), T.ivector("y")
@@ -66,7 +67,7 @@ def build(lib, optimizer, seed, *, entry=None, dist=None, every=1):
         grads = dist.distributed_grads(grads, params=params)
     updates = rules[optimizer](grads, params)
     if entry == "updates":
-        updates = dist.distributed(updates, every=every)
+        updates = dist.distributed(updates, rule, **(options or {}))
     train = mod.function([x, y], loss, updates=updates)
     return train, params, updates
 

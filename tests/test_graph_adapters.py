@@ -2,6 +2,7 @@
 on real ranks equal one process on the large batch."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -179,3 +180,25 @@ def test_script_importing_theano_first_gets_blas_and_lasagne_pooling():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("OK")
     assert "NumPy C-API based implementation" not in proc.stderr
+
+
+@pytest.mark.parametrize("lib", ["theano", "pytensor"])
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_easgd_through_distributed_updates(tmp_path, lib, synchronous):
+    _lib(lib)
+    ranks = 3
+    results = run_mpi_json(
+        "graph_fit.py", ranks, tmp_path, "--lib", lib, "--entry", "updates",
+        "--optimizer", "momentum", "--rule", "easgd", "--steps", 12,
+        "--options", json.dumps({"tau": 3, "synchronous": synchronous}),
+        timeout=300)
+    served = [r["served"] for r in results]
+    assert served == ([False] * ranks if synchronous
+                      else [True] + [False] * (ranks - 1))
+    assert results[0]["losses"] == [] or synchronous   # the server trains not
+    flat = [np.concatenate([np.ravel(p) for p in r["params"]])
+            for r in results]
+    for f in flat[1:]:
+        np.testing.assert_array_equal(f, flat[0])      # everyone: the center
+    start = np.concatenate([np.ravel(p) for p in results[0]["initial"]])
+    assert np.abs(flat[0] - start).max() > 1e-3

@@ -115,8 +115,29 @@ class DistributedUpdates(collections.OrderedDict):
         synchronised: the shared variables the rule exchanges.
     """
 
+    def serve(self):
+        """On an asynchronous rule's server rank, serve until the workers end.
+
+        For ``rule='easgd'`` (asynchronous) rank 0 holds the center and must
+        not train: call this on every rank before the training loop and
+        train only where it returns False. On the server it blocks until
+        every worker has called :meth:`finalize`, writes the center into the
+        shared variables and returns True; elsewhere it returns False at once.
+
+        Example:
+            >>> if not updates.serve():
+            ...     for xb, yb in batches:
+            ...         train(xb, yb)
+            >>> updates.finalize()
+        """
+        if getattr(self.rule, "role", "peer") != "server":
+            return False
+        _set_values(self.synchronised, self.rule.serve())
+        return True
+
     def finalize(self):
-        """Give every rank the rule's final model (BSP: the average).
+        """Give every rank the rule's final model (BSP: the average;
+        EASGD: the center).
 
         Call once after training on every rank, e.g. before saving: with
         ``every > 1`` the ranks differ after the last partial period.

@@ -24,6 +24,8 @@ p.add_argument("--optimizer", default="adam")
 p.add_argument("--every", type=int, default=1)
 p.add_argument("--steps", type=int, default=25)
 p.add_argument("--batch", type=int, default=8, help="per rank")
+p.add_argument("--rule", default="bsp")
+p.add_argument("--options", default="{}", help="JSON options of --rule")
 args = p.parse_args()
 
 ctx = get_context()
@@ -32,10 +34,15 @@ dist = importlib.import_module(
 x, y = make_data(args.steps * args.batch * ctx.size)
 x, y = shard((x, y), ctx.rank, ctx.size)
 # Ranks start from different weights: the adapter must broadcast rank 0's.
+options = (dict(every=args.every) if args.rule == "bsp"
+           else json.loads(args.options))
 train, params, updates = build(args.lib, args.optimizer, 100 + ctx.rank,
-                               entry=args.entry, dist=dist, every=args.every)
+                               entry=args.entry, dist=dist, rule=args.rule,
+                               options=options)
+initial = [p.get_value().tolist() for p in params]
 losses = []
-for k in range(args.steps):
+served = args.entry == "updates" and updates.serve()
+for k in range(0 if served else args.steps):
     sl = slice(k * args.batch, (k + 1) * args.batch)
     losses.append(float(train(x[sl].astype(params[0].dtype),
                               y[sl].astype(np.int32))))
@@ -45,4 +52,5 @@ if args.entry == "updates":
 with open(os.path.join(args.out, f"rank{ctx.rank}.json"), "w") as f:
     json.dump({"params": [p.get_value().tolist() for p in params],
                "before_finalize": before_finalize, "losses": losses,
+               "initial": initial, "served": bool(served),
                "dtype": str(params[0].dtype)}, f)
