@@ -70,7 +70,7 @@ def test_none_gradient_on_first_exchange_is_an_error():
 
 def test_unknown_rule_lists_known_ones():
     with pytest.raises(ValueError, match=r"rule='sgd' is not a known rule; "
-                                         r"choose one of \['bsp', 'easgd'\]"):
+                                         r"choose one of \['bsp', 'easgd', 'gosgd'\]"):
         make_rule("sgd")
 
 

@@ -183,22 +183,26 @@ def test_script_importing_theano_first_gets_blas_and_lasagne_pooling():
 
 
 @pytest.mark.parametrize("lib", ["theano", "pytensor"])
-@pytest.mark.parametrize("synchronous", [False, True])
-def test_easgd_through_distributed_updates(tmp_path, lib, synchronous):
+@pytest.mark.parametrize("rule,options", [
+    ("easgd", {"tau": 3, "synchronous": False}),
+    ("easgd", {"tau": 3, "synchronous": True}),
+    ("gosgd", {"p": 0.5, "seed": 1}),
+])
+def test_asynchronous_rules_through_distributed_updates(tmp_path, lib, rule,
+                                                        options):
     _lib(lib)
     ranks = 3
     results = run_mpi_json(
         "graph_fit.py", ranks, tmp_path, "--lib", lib, "--entry", "updates",
-        "--optimizer", "momentum", "--rule", "easgd", "--steps", 12,
-        "--options", json.dumps({"tau": 3, "synchronous": synchronous}),
-        timeout=300)
-    served = [r["served"] for r in results]
-    assert served == ([False] * ranks if synchronous
-                      else [True] + [False] * (ranks - 1))
-    assert results[0]["losses"] == [] or synchronous   # the server trains not
+        "--optimizer", "momentum", "--rule", rule, "--steps", 12,
+        "--options", json.dumps(options), timeout=300)
+    server = rule == "easgd" and not options["synchronous"]
+    assert [r["served"] for r in results] == [server] + [False] * (ranks - 1)
+    if server:
+        assert results[0]["losses"] == []              # the server trains not
     flat = [np.concatenate([np.ravel(p) for p in r["params"]])
             for r in results]
     for f in flat[1:]:
-        np.testing.assert_array_equal(f, flat[0])      # everyone: the center
+        np.testing.assert_array_equal(f, flat[0])      # center / consensus
     start = np.concatenate([np.ravel(p) for p in results[0]["initial"]])
     assert np.abs(flat[0] - start).max() > 1e-3

@@ -18,7 +18,7 @@ from tmpi_core.data import (load_cifar10, load_digits, load_idx, load_mnist,
                             shard, shard_indices)
 from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
                                   HalfPrecisionExchanger, make_exchanger)
-from tmpi_core.rules import BSP, EASGD, RULES, Rule, make_rule
+from tmpi_core.rules import BSP, EASGD, RULES, GoSGD, Rule, make_rule
 
 from tmpi_core._version import __version__
 
@@ -30,6 +30,7 @@ __all__ = [
     "EXCHANGERS",
     "Exchanger",
     "FlatBuffer",
+    "GoSGD",
     "HalfPrecisionExchanger",
     "RULES",
     "Rule",

@@ -5,17 +5,18 @@ import inspect
 from tmpi_core.rules.base import Rule
 from tmpi_core.rules.bsp import BSP
 from tmpi_core.rules.easgd import EASGD
+from tmpi_core.rules.gosgd import GoSGD
 
-__all__ = ["BSP", "EASGD", "Rule", "RULES", "make_rule"]
+__all__ = ["BSP", "EASGD", "GoSGD", "Rule", "RULES", "make_rule"]
 
-RULES = {"bsp": BSP, "easgd": EASGD}
+RULES = {"bsp": BSP, "easgd": EASGD, "gosgd": GoSGD}
 
 
 def make_rule(rule, **options):
     """Build a rule by name, or pass a :class:`Rule` instance through.
 
     Args:
-        rule: a name in :data:`RULES` (``'bsp'``, ``'easgd'``) or a
+        rule: a name in :data:`RULES` (``'bsp'``, ``'easgd'``, ``'gosgd'``) or a
             ``Rule`` instance.
         **options: keyword options of that rule's class.
 

@@ -1,4 +1,4 @@
-"""EASGD through TMPISync on real ranks."""
+"""The asynchronous rules (EASGD, GoSGD) through TMPISync on real ranks."""
 
 import json
 
@@ -41,3 +41,17 @@ def test_synchronous_easgd_trains_every_rank_with_global_logs(tmp_path):
     assert results[0]["histories"] == results[1]["histories"]
     assert results[0]["histories"][0]["loss"][-1] < \
         results[0]["histories"][0]["loss"][0]
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_gosgd_ends_on_the_consensus(tmp_path, ranks):
+    results = run_mpi_json("keras_fit.py", ranks, tmp_path, "--rule", "gosgd",
+                           "--options", json.dumps({"p": 0.5, "seed": 3}),
+                           "--epochs", 2, "--fits", 2, timeout=240)
+    final = [_flat(r["weights"]) for r in results]
+    for f in final[1:]:
+        np.testing.assert_array_equal(f, final[0])
+    assert np.abs(final[0] - _flat(results[0]["initial"])).max() > 1e-3
+    # logs are averaged at epoch ends, as for BSP
+    for r in results[1:]:
+        assert r["histories"] == results[0]["histories"]

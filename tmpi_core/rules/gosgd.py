@@ -1,0 +1,197 @@
+"""GoSGD: asynchronous push gossip between workers with per-rank weights."""
+
+import numbers
+
+import numpy as np
+
+from tmpi_core.checks import describe_arrays
+from tmpi_core.rules.base import Rule, fused_buffer_for
+
+__all__ = ["GoSGD"]
+
+_TAG_GOSSIP = 7201
+_HEADER = 16                 # bytes: weight (float64) and sequence (int64)
+
+
+class GoSGD(Rule):
+    """Gossip SGD (Blot, Picard, Cord & Thome 2016).
+
+    Every rank keeps a weight ``a_i`` (``1/p`` at start). After each local
+    step it merges every message that has arrived,
+    ``x_i <- (a_i x_i + a_s x_s) / (a_i + a_s)``, ``a_i <- a_i + a_s``, then
+    with probability ``p`` picks a peer ``j != i`` uniformly, halves
+    ``a_i`` and sends ``(x_i, a_i)`` to it without waiting. Exchanges keep
+    ``sum_i a_i = 1`` and ``sum_i a_i x_i`` (messages in flight included).
+    :meth:`finalize` delivers every message still in flight, then gives
+    every rank the weighted consensus ``sum_i a_i x_i``.
+
+    Args:
+        p: probability of a push after each step, in (0, 1].
+        seed: seed of the peer/push choices (rank is added); None: random.
+        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+
+    Raises:
+        ValueError: for ``p`` outside (0, 1]; at start, on every rank, for
+            fewer than 2 ranks.
+
+    Example:
+        >>> rule = GoSGD(p=0.1)
+    """
+
+    name = "gosgd"
+
+    def __init__(self, *, p=0.1, seed=None, comm=None):
+        super().__init__(comm=comm)
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) \
+                or not 0.0 < float(p) <= 1.0:
+            raise ValueError(f"p={p!r} must lie in (0, 1]: the probability "
+                             "of a push after each step")
+        if seed is not None and (isinstance(seed, bool)
+                                 or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"seed={seed!r} must be an integer or None")
+        self.p = float(p)
+        self.seed = seed
+        self.weight = None
+        self.sent = []           # (dest, seq) of every push, in order
+        self.received = []       # (source, seq) of every merge, in order
+        self._pending = []       # [request, message buffer] of live sends
+        self._free = []          # message buffers ready for reuse
+
+    def config(self):
+        """Return the options every rank must share."""
+        return dict(super().config(), p=self.p)
+
+    def _on_ready(self):
+        size = self.ctx.size
+        if size < 2:
+            raise ValueError(
+                f"GoSGD needs at least 2 ranks to gossip; this job has "
+                f"{size}. Launch with mpiexec -n 2 or more, or use 'bsp'")
+        seed = None if self.seed is None else self.seed + self.ctx.rank
+        self._rng = np.random.default_rng(seed)
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self._status = MPI.Status()
+
+    def start(self, params, *, names=None):
+        """Check agreement, broadcast rank 0's parameters, reset weights."""
+        out = super().start(params, names=names)
+        self._x = fused_buffer_for(describe_arrays(params, names))
+        self._x.pack(out)
+        self._recv = self._message()
+        self.weight = 1.0 / self.ctx.size
+        self._decision = (False, False)
+        return out
+
+    def wants_params(self):
+        """True when a message has arrived or this step pushes one."""
+        incoming = self.ctx.comm.Iprobe(source=self._MPI.ANY_SOURCE,
+                                        tag=_TAG_GOSSIP)
+        push = self._rng.random() < self.p
+        self._decision = (incoming, push)
+        return incoming or push
+
+    def end_step(self, params=None):
+        """Merge what arrived, then maybe push (see the class docstring).
+
+        Returns:
+            the merged parameters (views of a fused buffer) or None.
+        """
+        incoming, push = self._decision
+        self._decision = (False, False)
+        self.step += 1
+        if not (incoming or push):
+            return None
+        if params is None:
+            raise ValueError("end_step needs the parameters when "
+                             "wants_params() said so")
+        self._x.pack(params)
+        self._drain()
+        if push:
+            self._push()
+        self._reap()
+        return self._x.views
+
+    def finalize(self, params):
+        """Deliver every message in flight, then return the weighted
+        consensus on every rank (collective); weights restart at 1/p."""
+        self._x.pack(params)
+        comm, MPI = self.ctx.comm, self._MPI
+        counts = np.zeros(1, np.int64)
+        while True:
+            self._drain()
+            self._reap()
+            counts[0] = len(self.sent) - len(self.received)
+            comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
+            if counts[0] == 0:
+                break
+        MPI.Request.Waitall([r for r, _ in self._pending])
+        self._reap()
+        x = self._x.data
+        x *= self.weight
+        total = np.array([self.weight], np.float64)
+        comm.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+        comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        self.total_weight = float(total[0])
+        x /= total[0]
+        self.weight = 1.0 / self.ctx.size
+        return self._x.views
+
+    def state_dict(self):
+        """Step counter and weight, for checkpoints."""
+        return {"step": self.step, "weight": self.weight}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.weight = float(state["weight"])
+
+    # -- messages -------------------------------------------------------------
+    def _message(self):
+        nbytes = _HEADER + self._x.nbytes
+        return np.zeros(nbytes, np.uint8)
+
+    def _views(self, msg):
+        return (msg[:8].view(np.float64), msg[8:16].view(np.int64),
+                msg[_HEADER:].view(self._x.data.dtype))
+
+    def _drain(self):
+        comm, MPI, status = self.ctx.comm, self._MPI, self._status
+        x = self._x.data
+        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_GOSSIP,
+                          status=status):
+            source = status.Get_source()
+            comm.Recv(self._recv, source=source, tag=_TAG_GOSSIP)
+            a_s, seq, x_s = self._views(self._recv)
+            a_s = float(a_s[0])
+            total = self.weight + a_s
+            # x <- (a x + a_s x_s) / (a + a_s), in place, no temporaries
+            x *= self.weight / total
+            x_s *= a_s / total
+            x += x_s
+            self.weight = total
+            self.received.append((source, int(seq[0])))
+
+    def _push(self):
+        size, rank = self.ctx.size, self.ctx.rank
+        peer = int(self._rng.integers(size - 1))
+        peer += peer >= rank                   # uniform over j != rank
+        self.weight /= 2.0
+        msg = self._free.pop() if self._free else self._message()
+        a, seq, x = self._views(msg)
+        a[0] = self.weight
+        seq[0] = len(self.sent)
+        np.copyto(x, self._x.data)
+        request = self.ctx.comm.Isend(msg, dest=peer, tag=_TAG_GOSSIP)
+        self._pending.append([request, msg])
+        self.sent.append((peer, int(seq[0])))
+
+    def _reap(self):
+        live = []
+        for request, msg in self._pending:
+            if request.Test():
+                self._free.append(msg)
+            else:
+                live.append([request, msg])
+        self._pending = live
