@@ -36,3 +36,14 @@ def test_keras_wresnet_ranks_notebook(tmp_path):
     assert [row.split()[0] for row in table[1:]] == ["1", "2"]
     assert (tmp_path / "wrn_ranks.png").stat().st_size > 10_000
     assert (tmp_path / "wrn_2ranks.json").exists()
+
+
+def test_rules_comparison_notebook(tmp_path):
+    nb = execute("rules_comparison.ipynb",
+                 {"RANKS": [2], "EPOCHS": [1],
+                  "RULES": ["bsp", "easgd", "easgd-sync", "gosgd"]}, tmp_path)
+    table = nb.cells[-1].outputs[-1]["data"]["text/markdown"].splitlines()
+    assert len(table) == 2 + 4
+    assert {row.split("|")[1].strip() for row in table[2:]} == {
+        "bsp", "easgd", "easgd-sync", "gosgd"}
+    assert (tmp_path / "rules.png").stat().st_size > 10_000
