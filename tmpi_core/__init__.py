@@ -14,8 +14,8 @@ from tmpi_core.broadcast import broadcast_arrays
 from tmpi_core.buffer import FlatBuffer
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.context import Context, get_context, install_abort_hook
-from tmpi_core.data import (load_cifar10, load_digits, load_idx, load_mnist,
-                            shard, shard_indices)
+from tmpi_core.data import (load_cifar10, load_dataset, load_digits,
+                            load_idx, load_mnist, shard, shard_indices)
 from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
                                   HalfPrecisionExchanger, make_exchanger)
 from tmpi_core.rules import BSP, EASGD, RULES, GoSGD, Rule, make_rule
@@ -40,6 +40,7 @@ __all__ = [
     "get_context",
     "install_abort_hook",
     "load_cifar10",
+    "load_dataset",
     "load_digits",
     "load_idx",
     "load_mnist",

@@ -19,7 +19,10 @@ __all__ = [
     "load_cifar10",
     "load_idx",
     "load_mnist",
+    "load_dataset",
 ]
+
+DATASETS = ("digits", "cifar10", "mnist")
 
 
 def shard_indices(n, rank, size):
@@ -195,6 +198,33 @@ def load_mnist(data_dir):
         return load_idx(find(stem)).astype(np.int64)
     return ((images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")),
             (images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")))
+
+
+def load_dataset(name, data_dir=None):
+    """Load a data set by name, as the zoo's ``--data``/``--data-dir`` do.
+
+    Args:
+        name: ``'digits'`` (bundled), ``'cifar10'`` or ``'mnist'`` (also
+            Fashion-MNIST), the last two read from ``data_dir``.
+        data_dir: the folder with the files (``~`` is expanded).
+
+    Returns:
+        ``(x_train, y_train), (x_test, y_test)``, images NHWC float32.
+
+    Raises:
+        ValueError: for an unknown name, or no ``data_dir`` where one is
+            needed.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"data set {name!r} is unknown; choose one of "
+                         f"{list(DATASETS)}")
+    if name == "digits":
+        return load_digits()
+    if data_dir is None:
+        raise ValueError(f"data set {name!r} is read from disk: give its "
+                         "folder (--data-dir DIR)")
+    data_dir = os.path.expanduser(data_dir)
+    return load_cifar10(data_dir) if name == "cifar10" else load_mnist(data_dir)
 
 
 def _split(x, y, test_fraction, seed):

@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tmpi_adapters.keras as tmpi_keras  # noqa: E402
-from tmpi_core import load_cifar10, load_digits, load_mnist  # noqa: E402
+from tmpi_core import load_dataset  # noqa: E402
 
 
 def wide_resnet(input_shape, classes, *, depth=10, width=2, dropout=0.0,
@@ -85,17 +85,6 @@ def wide_resnet(input_shape, classes, *, depth=10, width=2, dropout=0.0,
     return keras.Model(inputs, outputs, name=f"wrn_{depth}_{width}")
 
 
-def load(args):
-    """Load the chosen data set as ``(x_train, y_train), (x_test, y_test)``."""
-    if args.data == "digits":
-        return load_digits()
-    if args.data_dir is None:
-        raise SystemExit(f"--data {args.data} needs --data-dir DIR")
-    if args.data == "cifar10":
-        return load_cifar10(os.path.expanduser(args.data_dir))
-    return load_mnist(os.path.expanduser(args.data_dir))
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawTextHelpFormatter)
@@ -134,7 +123,10 @@ def main(argv=None):
     args = parse_args(argv)
     rank, size = tmpi_keras.rank(), tmpi_keras.size()
     keras.utils.set_random_seed(args.seed + rank)
-    (x_tr, y_tr), (x_te, y_te) = load(args)
+    try:
+        (x_tr, y_tr), (x_te, y_te) = load_dataset(args.data, args.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
     classes = int(max(y_tr.max(), y_te.max())) + 1
     x_tr, y_tr = tmpi_keras.shard((x_tr, y_tr))
     x_te, y_te = tmpi_keras.shard((x_te, y_te))

@@ -57,8 +57,7 @@ import theano.tensor as T  # noqa: E402
 import lasagne  # noqa: E402
 
 import tmpi_adapters.lasagne as tmpi_lasagne  # noqa: E402
-from tmpi_core import (get_context, load_cifar10, load_digits,  # noqa: E402
-                       load_mnist, shard)
+from tmpi_core import get_context, load_dataset, shard  # noqa: E402
 
 CHANNELS = (64, 128, 256, 512, 512)
 CONVS = (2, 2, 3, 3, 3)
@@ -188,17 +187,6 @@ def resize(x, size):
     return x[:, rows][:, :, cols]
 
 
-def load(args):
-    """Load the chosen data set as ``(x_train, y_train), (x_test, y_test)``."""
-    if args.data == "digits":
-        return load_digits()
-    if args.data_dir is None:
-        raise SystemExit(f"--data {args.data} needs --data-dir DIR")
-    if args.data == "cifar10":
-        return load_cifar10(os.path.expanduser(args.data_dir))
-    return load_mnist(os.path.expanduser(args.data_dir))
-
-
 def to_lasagne(x, y, size, mean, std):
     """NHWC images, int labels -> standardised NCHW floatX, int32.
 
@@ -290,7 +278,10 @@ def main(argv=None):
     # broadcast by tmpi when the updates are built.
     rng = np.random.RandomState(args.seed + rank)
     lasagne.random.set_rng(rng)
-    (x_tr, y_tr), (x_te, y_te) = load(args)
+    try:
+        (x_tr, y_tr), (x_te, y_te) = load_dataset(args.data, args.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
     classes = int(max(y_tr.max(), y_te.max())) + 1
     # every rank holds the whole training set here: equal statistics
     mean, std = x_tr.mean(axis=(0, 1, 2)), x_tr.std(axis=(0, 1, 2)) + 1e-7

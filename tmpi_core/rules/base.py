@@ -45,6 +45,7 @@ class Rule:
     """
 
     name = None
+    title = None            # how messages spell the rule ("GoSGD")
 
     def __init__(self, *, every=1, lr_scaling=None, warmup_steps=0, comm=None):
         self.every = _positive_int("every", every)
@@ -142,6 +143,14 @@ class Rule:
 
     def _on_ready(self):
         """Hook for subclasses: allocate what needs the context."""
+
+    def _require_ranks(self, minimum, why):
+        """Raise (on every rank: all know the size) below ``minimum`` ranks."""
+        if self.ctx.size < minimum:
+            raise ValueError(
+                f"{self.title} needs at least {minimum} ranks ({why}); this job has "
+                f"{self.ctx.size}. Launch with mpiexec -n {minimum} or more, "
+                "or use 'bsp'")
 
     def _size(self):
         if self.ctx is None:

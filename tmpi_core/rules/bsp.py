@@ -37,6 +37,7 @@ class BSP(Rule):
     """
 
     name = "bsp"
+    title = "BSP"
 
     def __init__(self, *, mode="grads", every=1, strategy="ar",
                  lr_scaling=None, warmup_steps=0, comm=None):

@@ -51,6 +51,7 @@ class EASGD(Rule):
     """
 
     name = "easgd"
+    title = "EASGD"
 
     def __init__(self, *, tau=1, alpha=None, beta=0.9, synchronous=False,
                  strategy="ar", comm=None):
@@ -92,11 +93,8 @@ class EASGD(Rule):
         return "server" if self._rank() == 0 else "worker"
 
     def _on_ready(self):
+        self._require_ranks(2, "a center and a worker")
         p = self.ctx.size
-        if p < 2:
-            raise ValueError(
-                f"EASGD needs at least 2 ranks (a center and a worker); this "
-                f"job has {p}. Launch with mpiexec -n 2 or more, or use 'bsp'")
         workers = p if self.synchronous else p - 1
         self.alpha = (self.alpha_option if self.alpha_option is not None
                       else self.beta / workers)

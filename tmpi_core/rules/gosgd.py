@@ -39,6 +39,7 @@ class GoSGD(Rule):
     """
 
     name = "gosgd"
+    title = "GoSGD"
 
     def __init__(self, *, p=0.1, seed=None, comm=None):
         super().__init__(comm=comm)
@@ -62,11 +63,7 @@ class GoSGD(Rule):
         return dict(super().config(), p=self.p)
 
     def _on_ready(self):
-        size = self.ctx.size
-        if size < 2:
-            raise ValueError(
-                f"GoSGD needs at least 2 ranks to gossip; this job has "
-                f"{size}. Launch with mpiexec -n 2 or more, or use 'bsp'")
+        self._require_ranks(2, "someone to gossip with")
         seed = None if self.seed is None else self.seed + self.ctx.rank
         self._rng = np.random.default_rng(seed)
         from mpi4py import MPI
