@@ -51,6 +51,23 @@ def test_fifty_randomised_runs_with_delays(tmp_path):
     assert min(messages) >= 1 and sum(messages) > 200
 
 
+def test_message_lists_are_off_by_default(tmp_path):
+    # Regression (soak): the (dest, seq) lists grew by one entry per message
+    # for as long as the rule lived; now only counters do, unless asked.
+    results = run_mpi_json("gosgd_core.py", 2, tmp_path, "--runs", 2,
+                           "--steps", 40, "--p", 0.5, "--no-log")
+    for run in range(2):
+        records = [r[run] for r in results]
+        assert all(rec["sent"] == [] and rec["received"] == []
+                   for rec in records)
+        sent = sum(rec["messages_sent"] for rec in records)
+        assert sent == sum(rec["messages_received"] for rec in records) > 5
+        for rec in records:
+            assert rec["total_weight"] == pytest.approx(1.0, abs=1e-12)
+        mean = np.mean([rec["start"] for rec in records], axis=0)
+        np.testing.assert_allclose(records[0]["consensus"], mean, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"p": 0}, r"p=0 must lie in \(0, 1\]"),
     ({"p": 1.5}, r"p=1.5 must lie in \(0, 1\]"),

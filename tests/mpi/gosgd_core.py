@@ -22,13 +22,16 @@ p.add_argument("--steps", type=int, default=20)
 p.add_argument("--p", type=float, default=0.5)
 p.add_argument("--delays", action="store_true")
 p.add_argument("--train", action="store_true")
+p.add_argument("--no-log", action="store_true",
+               help="the default GoSGD: counters only, no message lists")
 args = p.parse_args()
 
 ctx = get_context()
 rank = ctx.rank
 runs = []
 for run in range(args.runs):
-    rule = make_rule("gosgd", p=args.p, seed=1000 * run)
+    rule = make_rule("gosgd", p=args.p, seed=1000 * run,
+                     log_messages=not args.no_log)
     rule.start([np.zeros(7, np.float32)])
     x = (np.arange(7.0) + 10 * rank + run).astype(np.float32)
     start = x.tolist()
@@ -45,6 +48,8 @@ for run in range(args.runs):
     runs.append({"sent": rule.sent, "received": rule.received,
                  "start": start, "total_weight": rule.total_weight,
                  "consensus": np.asarray(consensus).tolist(),
-                 "weight_after": rule.weight})
+                 "weight_after": rule.weight,
+                 "messages_sent": rule.messages_sent,
+                 "messages_received": rule.messages_received})
 with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
     json.dump(runs, f)

@@ -28,6 +28,11 @@ class GoSGD(Rule):
     Args:
         p: probability of a push after each step, in (0, 1].
         seed: seed of the peer/push choices (rank is added); None: random.
+        log_messages: also keep ``(dest, seq)`` of every push in ``sent``
+            and ``(source, seq)`` of every merge in ``received``, for
+            tests. Off by default: the lists grow with every message, which
+            over a long training is memory without bound.
+            ``messages_sent`` and ``messages_received`` always count.
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
 
     Raises:
@@ -41,7 +46,7 @@ class GoSGD(Rule):
     name = "gosgd"
     title = "GoSGD"
 
-    def __init__(self, *, p=0.1, seed=None, comm=None):
+    def __init__(self, *, p=0.1, seed=None, log_messages=False, comm=None):
         super().__init__(comm=comm)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) \
                 or not 0.0 < float(p) <= 1.0:
@@ -53,8 +58,11 @@ class GoSGD(Rule):
         self.p = float(p)
         self.seed = seed
         self.weight = None
-        self.sent = []           # (dest, seq) of every push, in order
-        self.received = []       # (source, seq) of every merge, in order
+        self.log_messages = bool(log_messages)
+        self.messages_sent = 0       # pushes from this rank
+        self.messages_received = 0   # merges on this rank
+        self.sent = []           # (dest, seq) of every push, if logged
+        self.received = []       # (source, seq) of every merge, if logged
         self._pending = []       # [request, message buffer] of live sends
         self._free = []          # message buffers ready for reuse
 
@@ -119,7 +127,7 @@ class GoSGD(Rule):
         while True:
             self._drain()
             self._reap()
-            counts[0] = len(self.sent) - len(self.received)
+            counts[0] = self.messages_sent - self.messages_received
             comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
             if counts[0] == 0:
                 break
@@ -168,7 +176,9 @@ class GoSGD(Rule):
             x_s *= a_s / total
             x += x_s
             self.weight = total
-            self.received.append((source, int(seq[0])))
+            self.messages_received += 1
+            if self.log_messages:
+                self.received.append((source, int(seq[0])))
 
     def _push(self):
         size, rank = self.ctx.size, self.ctx.rank
@@ -178,11 +188,13 @@ class GoSGD(Rule):
         msg = self._free.pop() if self._free else self._message()
         a, seq, x = self._views(msg)
         a[0] = self.weight
-        seq[0] = len(self.sent)
+        seq[0] = self.messages_sent
         np.copyto(x, self._x.data)
         request = self.ctx.comm.Isend(msg, dest=peer, tag=_TAG_GOSSIP)
         self._pending.append([request, msg])
-        self.sent.append((peer, int(seq[0])))
+        self.messages_sent += 1
+        if self.log_messages:
+            self.sent.append((peer, int(seq[0])))
 
     def _reap(self):
         live = []
