@@ -1,21 +1,35 @@
-"""Cost of the BSP gradient exchange against a raw ``MPI_Allreduce``.
+"""The BSP gradient exchange, its parts and its alternatives, against a raw
+``MPI_Allreduce`` of the same bytes.
 
 For each buffer size, and for the parameter set of a Wide-ResNet-16-4
-(CIFAR-10 shapes), this times four operations side by side in the same run:
+(CIFAR-10 shapes), this times side by side in the same run:
 
-* **exchange**: ``BSP(mode='grads').on_gradients(grads)`` on a list of
-  float32 tensors of that many bytes in total -- one pass packing them into
-  the fused buffer scaled by ``1/p``, then one in-place ``Allreduce``;
-* **ar**: the ``ar`` exchanger alone on an already fused buffer;
 * **raw**: ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` on one
-  preallocated float32 array of the same bytes;
+  preallocated float32 array -- the reference of every ratio;
+* **ar**: the ``ar`` exchanger with plain ``MPI_Allreduce``
+  (``persistent=False``) on an already fused buffer;
+* **ar_p**: the ``ar`` exchanger as shipped: one persistent request
+  (``MPI_Allreduce_init``, made once, then ``Start``/``Wait``) on the same
+  fused buffer; absent where the MPI lacks persistent collectives;
+* **exch**: the whole BSP exchange, ``BSP(mode='grads').on_gradients(grads)``
+  on a list of float32 tensors of that many bytes in total: one pass
+  packing them into the fused buffer scaled by ``1/p``, then the shipped
+  ``ar``;
+* **naive**: what a user without tmpi writes for a list of gradient arrays:
+  ``np.concatenate`` of the raveled arrays, an in-place ``Allreduce``,
+  ``/= p`` and ``np.split`` back into shaped arrays;
+* **asa16**: the ``asa16`` exchanger (fp16 on the wire) on the fused buffer;
+* **gloo**: ``torch.distributed.all_reduce`` (gloo backend, what a PyTorch
+  user picks on CPUs) of a float32 CPU tensor of the same bytes, one torch
+  thread per rank; absent without torch or with ``--no-gloo``;
 * **pack**: the exchange's pack pass alone (local, no communication).
 
-Each repetition runs all four in an order rotated every repetition, so slow
-drift of a noisy machine hits all alike. Every timed call is preceded by a
-``Barrier``; each rank times it with ``time.perf_counter`` and the
-repetition's time is the maximum over ranks. Medians are reported, with
-ratios of medians and the median of per-repetition exchange/raw ratios.
+Each repetition runs all of them in an order rotated every repetition, so
+slow drift of a noisy machine hits all alike. Every timed call is preceded
+by a ``Barrier``; each rank times it with ``time.perf_counter`` and the
+repetition's time is the maximum over ranks. Medians are reported, and
+ratios of medians: each operation over raw, ``asa16`` over ``ar``, ``ar``
+over gloo and the exchange over the naive code.
 
 Launch::
 
@@ -25,11 +39,16 @@ Launch::
         --json exchange.json
 
 Sizes take binary suffixes: ``64K`` is 64 * 1024 bytes, ``1M`` is 2**20.
+The gloo group meets at rank 0's host (``127.0.0.1`` when every rank shares
+one host; ``MASTER_ADDR`` overrides) on a free port rank 0 picks.
 """
 
 import argparse
+import gc
 import json
+import os
 import platform
+import socket
 import statistics
 import sys
 import time
@@ -40,12 +59,14 @@ import numpy as np
 from tmpi_core.buffer import FlatBuffer
 from tmpi_core.context import get_context
 from tmpi_core.exchangers import make_exchanger
+from tmpi_core.exchangers.ar import AllreduceExchanger, has_persistent_allreduce
 from tmpi_core.rules.bsp import BSP
 
-__all__ = ["wrn_param_shapes", "split_sizes", "parse_size", "main"]
+__all__ = ["wrn_param_shapes", "split_sizes", "parse_size", "naive_average",
+           "start_gloo", "main"]
 
 _SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
-DEFAULT_SIZES = "64K,256K,1M,4M,16M,64M"
+DEFAULT_SIZES = "64K,256K,1M,4M,16M,32M,64M,128M"
 
 
 def wrn_param_shapes(depth=16, width=4, *, input_channels=3, num_classes=10):
@@ -180,8 +201,10 @@ def _label(nbytes):
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
-        description="Time the BSP gradient exchange (pack + Allreduce + "
-        "scale) against a raw in-place Allreduce of the same bytes.",
+        description="Time the BSP gradient exchange, the ar (plain and "
+        "persistent) and asa16 exchangers, a naive concatenate+Allreduce and "
+        "torch.distributed gloo against a raw in-place Allreduce of the same "
+        "bytes.",
         epilog="Launch under MPI: mpiexec -n 2 python benchmarks/exchange.py",
     )
     parser.add_argument(
@@ -189,8 +212,8 @@ def _parse_args(argv):
         help="comma-separated buffer sizes in bytes, binary suffixes K/M/G "
         f"(default: {DEFAULT_SIZES})")
     parser.add_argument(
-        "--max-mb", type=float, default=64.0,
-        help="skip sizes above this many MiB (default: 64)")
+        "--max-mb", type=float, default=128.0,
+        help="skip sizes above this many MiB (default: 128)")
     parser.add_argument(
         "--tensors", type=int, default=8,
         help="tensors each size is split into for the exchange (default: 8)")
@@ -206,7 +229,7 @@ def _parse_args(argv):
         help="most adaptive repetitions (default: 1000)")
     parser.add_argument(
         "--budget-s", type=float, default=10.0,
-        help="target seconds of interleaved exchange/raw pairs per row "
+        help="target seconds of repetitions (all operations) per row "
         "(default: 10)")
     parser.add_argument(
         "--warmup", type=int, default=3,
@@ -214,6 +237,9 @@ def _parse_args(argv):
     parser.add_argument(
         "--no-wrn", action="store_true",
         help="skip the Wide-ResNet-16-4 row")
+    parser.add_argument(
+        "--no-gloo", action="store_true",
+        help="skip torch.distributed gloo (default: timed when torch imports)")
     parser.add_argument(
         "--json", metavar="PATH", default=None,
         help="also write the results as JSON to PATH (rank 0)")
@@ -240,42 +266,123 @@ def _parse_args(argv):
     return args
 
 
-OPS = ("exchange", "ar", "raw", "pack")
+# Every operation the benchmark knows, in table order; a run times those
+# available (ar_p needs MPI-4 persistent collectives, gloo needs torch).
+ALL_OPS = ("raw", "ar", "ar_p", "exch", "naive", "asa16", "gloo", "pack")
+
+# (column, numerator, denominator) of the ratio table.
+RATIOS = (
+    ("ar/raw", "ar", "raw"), ("ar_p/raw", "ar_p", "raw"),
+    ("exch/raw", "exch", "raw"), ("naive/raw", "naive", "raw"),
+    ("a16/raw", "asa16", "raw"), ("gloo/raw", "gloo", "raw"),
+    ("a16/ar", "asa16", "ar"), ("a16/ar_p", "asa16", "ar_p"),
+    ("ar/gloo", "ar", "gloo"), ("ar_p/gloo", "ar_p", "gloo"),
+    ("exch/naive", "exch", "naive"),
+)
+
+
+def naive_average(comm, grads, MPI):
+    """What one writes without tmpi: concatenate, Allreduce, divide, split.
+
+    Args:
+        comm: the communicator.
+        grads: float32 arrays.
+        MPI: the ``mpi4py.MPI`` module.
+
+    Returns:
+        list of arrays of the gradients' shapes holding the mean over ranks.
+    """
+    flat = np.concatenate([g.ravel() for g in grads])
+    comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+    flat /= comm.Get_size()
+    cuts = np.cumsum([g.size for g in grads])[:-1]
+    return [part.reshape(g.shape) for part, g in zip(np.split(flat, cuts),
+                                                     grads)]
+
+
+def start_gloo(ctx):
+    """Join a torch.distributed gloo group of the MPI ranks.
+
+    Rank 0 picks a free TCP port on its host and broadcasts it with mpi4py;
+    every rank then calls ``init_process_group('gloo', rank, world_size)``.
+    One torch thread per rank.
+
+    Returns:
+        the ``torch.distributed`` module, or ``None`` when torch is missing.
+    """
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    addr = os.environ.get("MASTER_ADDR")
+    if addr is None:
+        addr = ("127.0.0.1" if ctx.local_size == ctx.size
+                else ctx.comm.bcast(socket.gethostname(), root=0))
+    port = None
+    if ctx.rank == 0:
+        with socket.socket() as s:
+            s.bind((addr, 0))
+            port = s.getsockname()[1]
+    port = ctx.comm.bcast(port, root=0)
+    os.environ["MASTER_ADDR"] = addr
+    os.environ["MASTER_PORT"] = str(port)
+    import datetime
+
+    dist.init_process_group("gloo", rank=ctx.rank, world_size=ctx.size,
+                            timeout=datetime.timedelta(seconds=120))
+    return dist
 
 
 class _Row:
     """The buffers and timed operations of one benchmark row."""
 
-    def __init__(self, ctx, label, shapes):
+    def __init__(self, ctx, label, shapes, ops, dist=None):
         from mpi4py import MPI
 
         self.ctx = ctx
         self.label = label
+        self.ops = ops
         self.shapes = [tuple(s) for s in shapes]
         rng = np.random.default_rng(1234 + ctx.rank)
         self.grads = [rng.standard_normal(s, dtype=np.float32)
                       for s in self.shapes]
         self.rule = BSP(mode="grads", comm=ctx.comm)
-        self.rule.start([np.zeros(s, np.float32) for s in self.shapes])
-        self.exchanger = make_exchanger("ar", ctx.comm)
+        self.plain = AllreduceExchanger(ctx.comm, persistent=False)
+        self.half = make_exchanger("asa16", ctx.comm)
         # Zeros: the sum's cost does not depend on the values for normal
         # floats, and zeros never grow into inf over many in-place sums.
+        # ar, ar_p and asa16 share this buffer (the rotation evens out which
+        # finds it in cache); raw has its own array.
         self.fused = FlatBuffer(self.shapes)
         self.raw = np.zeros(self.fused.size, dtype=np.float32)
         self.local = FlatBuffer(self.shapes)
         self.scale = np.float32(1.0 / ctx.size)
+        self.MPI = MPI
         self._in_place = MPI.IN_PLACE
         self._sum = MPI.SUM
-        self._max = MPI.MAX
-        self._land = MPI.LAND
         self.nbytes = self.raw.nbytes
+        comm = ctx.comm
         self._ops = {
-            "exchange": lambda: self.rule.on_gradients(self.grads),
-            "ar": lambda: self.exchanger.allreduce_sum(self.fused),
-            "raw": lambda: ctx.comm.Allreduce(self._in_place, self.raw,
-                                              op=self._sum),
+            "raw": lambda: comm.Allreduce(self._in_place, self.raw,
+                                          op=self._sum),
+            "ar": lambda: self.plain.allreduce_sum(self.fused),
+            "exch": lambda: self.rule.on_gradients(self.grads),
+            "naive": lambda: naive_average(comm, self.grads, MPI),
+            "asa16": lambda: self.half.allreduce_sum(self.fused),
             "pack": lambda: self.local.pack(self.grads, scale=self.scale),
         }
+        if "ar_p" in ops:
+            self.persistent = AllreduceExchanger(ctx.comm, persistent=True)
+            self._ops["ar_p"] = lambda: self.persistent.allreduce_sum(
+                self.fused)
+        if "gloo" in ops:
+            import torch
+
+            self.dist = dist
+            self.tensor = torch.zeros(self.fused.size, dtype=torch.float32)
+            self._ops["gloo"] = lambda: dist.all_reduce(self.tensor)
 
     def _time(self, op):
         self.ctx.comm.Barrier()
@@ -285,32 +392,65 @@ class _Row:
 
     def repetition(self, index):
         """One repetition of every op, in an order rotated by ``index`` so
-        slow drift hits all alike: max-over-ranks seconds in :data:`OPS`
+        slow drift hits all alike: max-over-ranks seconds in ``self.ops``
         order."""
-        k = index % len(OPS)
-        order = OPS[k:] + OPS[:k]
+        k = index % len(self.ops)
+        order = self.ops[k:] + self.ops[:k]
         seconds = dict((op, self._time(op)) for op in order)
-        times = np.array([seconds[op] for op in OPS], dtype=np.float64)
-        self.ctx.comm.Allreduce(self._in_place, times, op=self._max)
+        times = np.array([seconds[op] for op in self.ops], dtype=np.float64)
+        self.ctx.comm.Allreduce(self._in_place, times, op=self.MPI.MAX)
         return times
 
     def check(self):
-        """Raise unless the exchange returned the mean over ranks.
+        """Raise unless every operation computes what it claims.
 
-        Guards the timings: an exchange that skipped its collective would
-        look fast. The reference is one Allreduce of a separate buffer.
+        Guards the timings: an operation that skipped its collective would
+        look fast. The exchange and the naive code must return the mean
+        over ranks (fp32), ``ar``/``ar_p`` and gloo the sum, ``asa16`` the
+        sum to fp16 accuracy.
         """
-        out = self.rule.on_gradients(self.grads)
+        comm, p = self.ctx.comm, self.ctx.size
         ref = FlatBuffer(self.shapes)
         ref.pack(self.grads)
-        self.ctx.comm.Allreduce(self._in_place, ref.data, op=self._sum)
-        ref.data /= self.ctx.size
-        ok = all(np.allclose(a, b, rtol=1e-5, atol=1e-6)
-                 for a, b in zip(out, ref.views))
-        if not self.ctx.comm.allreduce(ok, op=self._land):
+        comm.Allreduce(self._in_place, ref.data, op=self._sum)
+        mean = ref.data / p
+        bad = []
+
+        def close(name, got, want, rtol=1e-5, atol=1e-6):
+            if not np.allclose(got, want, rtol=rtol, atol=atol):
+                bad.append(name)
+
+        out = self.rule.on_gradients(self.grads)
+        close("exch", np.concatenate([a.ravel() for a in out]), mean)
+        out = naive_average(comm, self.grads, self.MPI)
+        close("naive", np.concatenate([a.ravel() for a in out]), mean)
+        exchangers = [("ar", self.plain), ("asa16", self.half)]
+        if "ar_p" in self.ops:
+            exchangers.append(("ar_p", self.persistent))
+        for name, ex in exchangers:
+            self.fused.pack(self.grads)
+            ex.allreduce_sum(self.fused)
+            if name == "asa16":
+                # fp16: about 3 significant digits of each term and the sum
+                close(name, self.fused.data, ref.data, rtol=2e-3,
+                      atol=2e-3 * p * float(np.abs(ref.data).max()))
+            else:
+                close(name, self.fused.data, ref.data)
+        if "gloo" in self.ops:
+            import torch
+
+            self.fused.pack(self.grads)
+            self.tensor.copy_(torch.from_numpy(self.fused.data))
+            self.dist.all_reduce(self.tensor)
+            close("gloo", self.tensor.numpy(), ref.data)
+            self.tensor.zero_()
+        self.fused.data.fill(0)
+        everyone = comm.allgather(bad)
+        if any(everyone):
             raise RuntimeError(
-                f"row {self.label}: on_gradients did not return the mean of "
-                "the gradients over ranks; the timings would be meaningless")
+                f"row {self.label}: {sorted(set(sum(everyone, [])))} did not "
+                "compute the sum/mean over ranks; the timings would be "
+                "meaningless")
 
     def run(self, args):
         """Warm up, pick the repetition count, time; return a result dict."""
@@ -329,40 +469,71 @@ class _Row:
 
 
 def _summarise(row, samples):
-    cols = {op: samples[:, j] for j, op in enumerate(OPS)}
+    cols = {op: samples[:, j] for j, op in enumerate(row.ops)}
     med = {op: statistics.median(v.tolist()) for op, v in cols.items()}
+    ratios = {name: med[a] / med[b] for name, a, b in RATIOS
+              if a in med and b in med}
     return {
         "label": row.label,
         "bytes": row.nbytes,
         "tensors": len(row.shapes),
         "repeats": int(samples.shape[0]),
         "median_ms": {k: v * 1e3 for k, v in med.items()},
-        "exchange_over_raw": med["exchange"] / med["raw"],
-        "ar_over_raw": med["ar"] / med["raw"],
-        "median_of_ratios": statistics.median(
-            (cols["exchange"] / cols["raw"]).tolist()),
+        "ratios": ratios,
+        # the median of per-repetition ratios: robust to a slow repetition
+        "median_of_ratios": {
+            name: statistics.median((cols[a] / cols[b]).tolist())
+            for name, a, b in RATIOS if a in cols and b in cols},
         "samples_ms": {op: (v * 1e3).tolist() for op, v in cols.items()},
     }
 
 
-def _table(results):
-    head = (f"{'row':>10} {'MiB':>7} {'tens':>4} {'reps':>4} "
-            f"{'exch ms':>9} {'ar ms':>9} {'raw ms':>9} {'pack ms':>8} "
-            f"{'exch/raw':>8} {'med r':>6} {'ar/raw':>6}")
+def _fmt(value, width, digits):
+    return f"{value:>{width}.{digits}f}" if value is not None else \
+        f"{'-':>{width}}"
+
+
+def time_table(results):
+    """Medians (ms) of every operation, one row per size."""
+    ops = [op for op in ALL_OPS if any(op in r["median_ms"] for r in results)]
+    head = (f"{'row':>9} {'MiB':>8} {'tens':>4} {'reps':>4} "
+            + " ".join(f"{op:>8}" for op in ops))
     lines = [head, "-" * len(head)]
     for r in results:
         m = r["median_ms"]
         lines.append(
-            f"{r['label']:>10} {r['bytes'] / 2**20:>7.3f} {r['tensors']:>4} "
-            f"{r['repeats']:>4} {m['exchange']:>9.3f} {m['ar']:>9.3f} "
-            f"{m['raw']:>9.3f} {m['pack']:>8.3f} "
-            f"{r['exchange_over_raw']:>8.3f} {r['median_of_ratios']:>6.3f} "
-            f"{r['ar_over_raw']:>6.3f}")
+            f"{r['label']:>9} {r['bytes'] / 2**20:>8.3f} {r['tensors']:>4} "
+            f"{r['repeats']:>4} "
+            + " ".join(_fmt(m.get(op), 8, 3) for op in ops))
     return "\n".join(lines)
 
 
+def ratio_table(results):
+    """Ratios of medians, one row per size."""
+    names = [name for name, _, _ in RATIOS
+             if any(name in r["ratios"] for r in results)]
+    width = max(len(n) for n in names)
+    head = f"{'row':>9} " + " ".join(f"{n:>{width}}" for n in names)
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r['label']:>9} " + " ".join(
+            _fmt(r["ratios"].get(n), width, 3) for n in names))
+    return "\n".join(lines)
+
+
+LEGEND = """\
+raw = comm.Allreduce(IN_PLACE) of one preallocated array; ar = the ar
+exchanger with plain Allreduce; ar_p = the ar exchanger as shipped (one
+persistent MPI_Allreduce_init request per buffer); exch = the whole BSP
+gradient exchange (pack x 1/p into the fused buffer + ar_p); naive =
+np.concatenate + Allreduce + /p + np.split; asa16 = fp16 on the wire; gloo =
+torch.distributed.all_reduce (gloo) of a tensor of the same bytes; pack = the
+pack pass alone. Times: medians of the slowest rank's time; ratios: of
+medians."""
+
+
 def main(argv=None):
-    """Run the benchmark; print the table on rank 0.
+    """Run the benchmark; print the tables on rank 0.
 
     Args:
         argv: command-line arguments (default ``sys.argv[1:]``).
@@ -376,9 +547,20 @@ def main(argv=None):
 
     if ctx.size == 1 and ctx.rank == 0:
         warnings.warn(
-            "running on 1 rank: the exchanger skips the collective there, so "
-            "the ratio means little; launch with mpiexec -n 2 or more",
+            "running on 1 rank: the exchangers skip the collective there, so "
+            "the ratios mean little; launch with mpiexec -n 2 or more",
             stacklevel=2)
+    skip = set()
+    if not has_persistent_allreduce():
+        skip.add("ar_p")
+    dist = None if args.no_gloo else start_gloo(ctx)
+    if not all(ctx.comm.allgather(dist is not None)):
+        skip.add("gloo")
+        if not args.no_gloo and ctx.rank == 0:
+            warnings.warn("torch is not installed on every rank: no gloo "
+                          "column", stacklevel=2)
+    ops = tuple(op for op in ALL_OPS if op not in skip)
+
     rows = [(_label(n), [(c,) for c in split_sizes(n // 4, args.tensors)])
             for n in args.sizes]
     if not args.no_wrn:
@@ -390,28 +572,35 @@ def main(argv=None):
         rows.append(("WRN-16-4", [s for _, s in wrn]))
     if ctx.rank == 0:
         lib = MPI.Get_library_version().splitlines()[0].strip()
+        torch_version = ""
+        if "gloo" in ops:
+            torch_version = f", torch {__import__('torch').__version__}"
         print(f"{ctx.size} ranks ({ctx.local_size} on this host), {lib}, "
               f"mpi4py {__import__('mpi4py').__version__}, numpy "
-              f"{np.__version__}; medians of max-over-ranks times", flush=True)
+              f"{np.__version__}{torch_version}; medians of max-over-ranks "
+              "times", flush=True)
 
     results = []
     for label, shapes in rows:
-        row = _Row(ctx, label, shapes)
+        row = _Row(ctx, label, shapes, ops, dist)
         results.append(row.run(args))
-        del row
+        del row         # its buffers' persistent requests are freed with them
+        gc.collect()
         if ctx.rank == 0:
-            r = results[-1]
-            print(f"  {label}: exchange/raw {r['exchange_over_raw']:.3f} "
-                  f"({r['repeats']} reps)", flush=True)
+            r = results[-1]["ratios"]
+            print(f"  {label}: " + ", ".join(
+                f"{k} {r[k]:.3f}" for k in ("ar/raw", "ar_p/raw", "exch/raw")
+                if k in r) + f" ({results[-1]['repeats']} reps)", flush=True)
+    if dist is not None:
+        dist.destroy_process_group()
 
     if ctx.rank == 0:
+        print("\nmedian ms")
+        print(time_table(results))
+        print("\nratios of medians")
+        print(ratio_table(results))
         print()
-        print(_table(results))
-        print("\nexch = BSP gradient exchange (pack x 1/p + Allreduce), "
-              "ar = the ar exchanger on an\nalready fused buffer, raw = "
-              "comm.Allreduce of the same bytes, pack = the pack alone;\n"
-              "exch/raw and ar/raw are ratios of medians, med r the median "
-              "of per-repetition exch/raw.")
+        print(LEGEND)
         if args.json:
             meta = {
                 "ranks": ctx.size,
@@ -422,6 +611,8 @@ def main(argv=None):
                 "python": platform.python_version(),
                 "argv": sys.argv[1:] if argv is None else list(argv),
                 "warmup": args.warmup,
+                "ops": list(ops),
+                "loadavg": os.getloadavg(),
             }
             with open(args.json, "w") as fh:
                 json.dump({"meta": meta, "results": results}, fh, indent=1)

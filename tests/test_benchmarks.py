@@ -1,0 +1,84 @@
+"""The benchmark scripts: the scaling model's algebra against closed forms,
+and the exchange benchmark on real ranks at a tiny size (so it cannot rot)."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from mpirun import ROOT, run_mpi
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import scaling_model  # noqa: E402
+
+
+def test_fit_recovers_latency_and_bandwidth():
+    alpha, bandwidth = 7e-6, 3e9
+    n = np.array([2**16, 2**20, 2**24, 2**26], dtype=float)
+    for p in (2, 4):
+        t = scaling_model.ring_allreduce_s(p, n, alpha, bandwidth)
+        a, b = scaling_model.fit_latency_bandwidth(n, t, ranks=p)
+        assert a == pytest.approx(alpha, rel=1e-6)
+        assert b == pytest.approx(bandwidth, rel=1e-6)
+
+
+def test_fit_clamps_a_negative_latency_and_rejects_bad_input():
+    n = np.array([1e6, 2e6, 4e6])
+    a, b = scaling_model.fit_latency_bandwidth(n, n / 1e9 - 1e-5)
+    assert a == 0.0 and b > 0
+    with pytest.raises(ValueError, match="two or more"):
+        scaling_model.fit_latency_bandwidth([1e6], [1e-3])
+    with pytest.raises(ValueError, match="ranks=1"):
+        scaling_model.fit_latency_bandwidth(n, n / 1e9, ranks=1)
+
+
+def test_ring_allreduce_closed_form():
+    # p = 4, n = 8 MB, alpha = 10 us, B = 1 GB/s, gamma = 1 ns/byte:
+    # 6 alpha + 1.5 n / B + 0.75 n gamma
+    t = scaling_model.ring_allreduce_s(4, 8e6, 1e-5, 1e9, 1e-9)
+    assert t == pytest.approx(6e-5 + 1.5 * 8e-3 + 0.75 * 8e-3)
+    assert scaling_model.ring_allreduce_s(1, 8e6, 1e-5, 1e9, 1e-9) == 0.0
+
+
+def test_speedups_closed_forms():
+    kw = dict(step_s=0.1, nbytes=1e7, alpha=1e-5, bandwidth=1e9, gamma=0.0,
+              pack_s=0.002, every=4, tau=4, q=0.5)
+    p = np.array([1, 2, 64])
+    s = scaling_model.speedups(p, **kw)
+    t_x = 0.002 + scaling_model.ring_allreduce_s(p, 1e7, 1e-5, 1e9)
+    assert s["bsp"] == pytest.approx(np.where(p == 1, 1, p * 0.1 / (0.1 + t_x)))
+    assert s["bsp params k=4"][2] == pytest.approx(64 * 0.1 / (0.1 + t_x[2] / 4))
+    # GoSGD: no global wait, the cost does not grow with p
+    t_g = 0.5 * (1e-5 + 1e7 / 1e9)
+    assert s["gosgd q=0.5"][1:] == pytest.approx(p[1:] * 0.1 / (0.1 + t_g))
+    # EASGD: one worker at p = 2, then the server's ceiling tau t_c / T_e
+    t_e = 2 * (1e-5 + 1e-2)
+    assert s["easgd tau=4"][1] == pytest.approx(0.4 / (0.4 + t_e))
+    assert s["easgd tau=4"][2] == pytest.approx(min(63 * 0.4 / (0.4 + t_e),
+                                                    0.4 / t_e))
+    assert all(v[0] == 1.0 for v in s.values())
+
+
+def test_exchange_benchmark_runs_on_two_ranks(tmp_path):
+    out = tmp_path / "exchange.json"
+    proc = run_mpi(os.path.join(ROOT, "benchmarks", "exchange.py"), 2,
+                   "--sizes", "64K", "--repeats", "3", "--warmup", "1",
+                   "--no-wrn", "--json", out, timeout=300)
+    assert "ratios of medians" in proc.stdout
+    data = json.loads(out.read_text())
+    (row,) = data["results"]
+    assert row["bytes"] == 65536 and row["repeats"] == 3
+    ops = set(data["meta"]["ops"])
+    assert {"raw", "ar", "exch", "naive", "asa16", "pack"} <= ops
+    assert set(row["median_ms"]) == ops
+    assert row["ratios"]["ar/raw"] == pytest.approx(
+        row["median_ms"]["ar"] / row["median_ms"]["raw"])
+    # the model's fit reads this JSON (a second, twice as slow point)
+    slower = dict(row, bytes=4 * 65536, median_ms={
+        k: 2 * v for k, v in row["median_ms"].items()})
+    inputs = scaling_model.exchange_inputs(
+        {"meta": data["meta"], "results": [row, slower]})
+    assert inputs["op"] == ("ar_p" if "ar_p" in ops else "ar")
+    assert inputs["ranks"] == 2 and inputs["bandwidth"] > 0
