@@ -1,0 +1,87 @@
+"""The soak (benchmarks/soak.py) at a short size, and proof that it can fail.
+
+The full soak (20,000 BSP steps per mode, 1,000 GoSGD runs, one 200,000-step
+GoSGD run) takes minutes and is recorded in benchmarks/RESULTS.md; here the
+same script runs small, and each of its checks is shown to catch the fault
+it is for: a leak, a wrong sum, a lost message (which hangs the shutdown
+until the watchdog aborts the job).
+"""
+
+import os
+import re
+
+import pytest
+
+from mpirun import ROOT, run_mpi
+
+SOAK = os.path.join(ROOT, "benchmarks", "soak.py")
+SMALL_BSP = ("--depth", 10, "--width", 1)          # 25 tensors, 0.3 MiB
+
+
+def verdicts(stdout):
+    """``{part: (PASS|FAIL, {key: value})}`` from the ``SOAK`` lines."""
+    found = {}
+    for m in re.finditer(r"^SOAK (\S+) (PASS|FAIL) ?(.*)$", stdout, re.M):
+        part, verdict, rest = m.groups()
+        figures = {}
+        for k, v in re.findall(r"(\w+)=(\S+)", rest):
+            try:
+                figures[k] = float(v)
+            except ValueError:
+                figures[k] = v
+        found[part] = (verdict, figures)
+    return found
+
+
+def test_short_soak_passes_with_its_figures():
+    proc = run_mpi(SOAK, 2, "--bsp-steps", 2000, *SMALL_BSP,
+                   "--gosgd-runs", 50, "--long-steps", 40000,
+                   "--warmup", 0.2, "--stall-s", 60, timeout=150)
+    assert re.search(r"^SOAK PASS", proc.stdout, re.M), proc.stdout
+    v = verdicts(proc.stdout)
+    assert set(v) == {"bsp-grads", "bsp-params", "gosgd", "gosgd-long"}
+    for part, (verdict, f) in v.items():
+        assert verdict == "PASS", (part, f)
+        assert f["ranks"] == 2
+        assert 0 <= f["rss_growth_mib"] <= f["bound_mib"] == 8
+        assert f["rss_samples"] >= 20
+    for mode in ("grads", "params"):
+        _, f = v[f"bsp-{mode}"]
+        assert f["steps"] == 2000 and f["tensors"] == 25
+        assert f["bad_steps"] == 0 and f["max_err"] <= f["tol"] < 1e-3
+    _, f = v["gosgd"]
+    assert f["runs"] == 50 and f["bad_runs"] == 0
+    assert f["lost"] == 0 and f["duplicated"] == 0
+    assert f["messages"] > 50 * 20 * 2 * 0.5 * 0.8     # ~p per step and rank
+    assert f["max_weight_err"] <= 1e-12
+    assert f["max_sum_rel_err"] <= 1e-5 and f["max_consensus_rel_err"] <= 1e-5
+    _, f = v["gosgd-long"]
+    assert f["steps"] == 40000 and f["messages"] == f["received"] == 80000
+    assert f["consensus_rel_err"] <= f["consensus_tol"]
+
+
+def test_soak_catches_a_leak_and_a_wrong_sum():
+    # 16 KiB kept per step (--inject-leak) and, at exchange 100, one rank
+    # adding 1.0 to its share inside the exchange (--inject-error).
+    proc = run_mpi(SOAK, 2, "--parts", "bsp", "--bsp-modes", "grads",
+                   "--bsp-steps", 1000, *SMALL_BSP, "--inject-leak",
+                   "--inject-error", 100, timeout=90, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    verdict, f = verdicts(proc.stdout)["bsp-grads"]
+    assert verdict == "FAIL"
+    assert f["bad_steps"] == 1 and f["first_bad_step"] == 100
+    assert f["max_err"] == pytest.approx(1.0)
+    assert f["rss_growth_mib"] > f["bound_mib"]
+    assert "wrong_average" in f["why"] and "memory_grew" in f["why"]
+    assert re.search(r"^SOAK FAIL", proc.stdout, re.M)
+
+
+def test_soak_reports_a_lost_message_as_a_hang():
+    # Rank 1 swallows one gossip message in run 2: finalize waits for it
+    # forever, and the watchdog aborts the job instead of stalling.
+    proc = run_mpi(SOAK, 2, "--parts", "gosgd", "--gosgd-runs", 5,
+                   "--inject-loss", 2, "--stall-s", 3, timeout=60,
+                   check=False)
+    assert proc.returncode != 0
+    assert re.search(r"^SOAK gosgd FAIL hang .*last_progress=gosgd_run_2 ",
+                     proc.stdout, re.M), proc.stdout + proc.stderr
