@@ -174,6 +174,10 @@ def install_abort_hook(comm):
     without chaining (Theano and PyTensor do) — tmpi's rules and adapters
     do so themselves.
 
+    An exception with a true ``on_every_rank`` attribute (every rank raises
+    it together, like :class:`tmpi_core.checkpoint.Interrupted`) is only
+    printed: the ranks end on their own.
+
     Args:
         comm: the communicator to abort.
     """
@@ -182,6 +186,11 @@ def install_abort_hook(comm):
     previous = sys.excepthook
 
     def _abort_hook(exc_type, exc, tb):
+        if getattr(exc, "on_every_rank", False):
+            # Every rank raises it at the same point (an agreed stop):
+            # exit normally, no abort racing the other ranks' reports.
+            previous(exc_type, exc, tb)
+            return
         try:
             previous(exc_type, exc, tb)
             sys.stderr.flush()

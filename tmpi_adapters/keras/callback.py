@@ -7,8 +7,9 @@ import keras
 import numpy as np
 
 from tmpi_adapters.keras import _bridge
+from tmpi_adapters.keras.checkpoint import Checkpointing
 from tmpi_core import (broadcast_arrays, check_same_across_ranks,
-                       describe_arrays, get_context, make_rule)
+                       describe_arrays, get_context, make_recorder, make_rule)
 
 __all__ = ["TMPISync"]
 
@@ -41,10 +42,28 @@ class TMPISync(keras.callbacks.Callback):
     raises a ``ValueError`` at train begin instead of silently training
     unsynchronised; ``mode='params'`` works everywhere.
 
+    Checkpoints (``checkpoint=DIR``): rank 0 writes the model, optimizer
+    state, rule state, next epoch and random states atomically at the end
+    of every ``checkpoint_every``-th epoch, and once more when the job is
+    interrupted (Ctrl-C on ``mpiexec``, SIGTERM): the ranks agree at the
+    next batch end, stop together, write it and raise ``KeyboardInterrupt``.
+    Training resumes from the newest checkpoint in ``DIR`` by itself; pass
+    ``initial_epoch=sync.resume_epoch()`` to ``fit`` so the epochs count on.
+
     Args:
         rule: rule name (``'bsp'``, ``'easgd'``) or a :class:`tmpi_core.Rule`.
         average_metrics: make epoch logs global averages (default True).
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+        checkpoint: a directory for checkpoints (resumed from when it holds
+            one), or None.
+        checkpoint_every: write a checkpoint every this many epochs.
+        checkpoint_keep: how many of the newest checkpoints to keep.
+        record: a run directory (or a :class:`tmpi_core.Recorder`) to record
+            every training step's calc / comm / wait seconds, epoch, loss
+            and metrics in (the batch logs, as Keras reports them); calc is
+            the batch's time less comm and wait. Rank 0 writes
+            ``summary.json`` and prints a summary when ``fit`` ends; plot
+            with ``tmpi-report RUN_DIR``.
         **options: the rule's options, e.g. ``mode='params', every=4,
             lr_scaling='linear', warmup_steps=100``.
 
@@ -58,7 +77,8 @@ class TMPISync(keras.callbacks.Callback):
     """
 
     def __init__(self, rule="bsp", *, average_metrics=True, comm=None,
-                 **options):
+                 checkpoint=None, checkpoint_every=1, checkpoint_keep=2,
+                 record=None, **options):
         super().__init__()
         if not isinstance(average_metrics, bool):
             raise ValueError(
@@ -77,6 +97,19 @@ class TMPISync(keras.callbacks.Callback):
         self._in_fit = False
         self._last_test_batch = None
         self._server_step = None
+        self._epoch = None
+        if record is not None:
+            self.rule.recorder = make_recorder(record, comm=comm)
+        self._ckpt = (None if checkpoint is None else Checkpointing(
+            self, checkpoint, every=checkpoint_every, keep=checkpoint_keep))
+
+    def resume_epoch(self):
+        """The epoch the newest checkpoint resumes at (0 without one); pass
+        it to ``fit(initial_epoch=...)``. Collective: call it on every rank.
+        """
+        if self._ckpt is None:
+            raise ValueError("resume_epoch() needs TMPISync(checkpoint=DIR)")
+        return self._ckpt.resume_epoch()
 
     # -- training -------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -99,6 +132,9 @@ class TMPISync(keras.callbacks.Callback):
         _bridge.write(self._weights,
                       self.rule.start(_bridge.read(self._weights), names=names))
         self._broadcast_optimizer()
+        if self._ckpt is not None:
+            self._ckpt.restore(model, self.rule)
+            self._ckpt.arm()
         if grads_rule:
             self._remove_hook = _bridge.install_gradient_hook(
                 model.optimizer, self.rule.on_gradients)
@@ -108,6 +144,8 @@ class TMPISync(keras.callbacks.Callback):
             self._serve()
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.rule.recorder is not None:
+            self.rule.recorder.begin_step()
         if self._base_lr is not None:
             factor = self.rule.lr_factor()
             if factor != self._lr_factor:
@@ -115,12 +153,22 @@ class TMPISync(keras.callbacks.Callback):
                     self._base_lr * factor)
                 self._lr_factor = factor
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self._ckpt is not None:
+            self._ckpt.check_initial_epoch(epoch)
+            self._ckpt.before_epoch(epoch)
+
     def on_train_batch_end(self, batch, logs=None):
         params = (_bridge.read(self._weights) if self.rule.wants_params()
                   else None)
         new = self.rule.end_step(params)
         if new is not None:
             _bridge.write(self._weights, new)
+        if self.rule.recorder is not None and self._role() != "server":
+            self._record(logs)
+        if self._ckpt is not None:
+            self._ckpt.after_batch(self.model, batch, self._role())
         steps = self.params.get("steps") if self.params else None
         if self._global_metrics() and steps and batch == steps - 1:
             self._sum_metric_states()
@@ -144,6 +192,8 @@ class TMPISync(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._global_metrics() and logs:
             self._average_logs(logs)
+        if self._ckpt is not None:
+            self._ckpt.after_epoch(self.model, self.rule, epoch)
 
     def on_train_end(self, logs=None):
         self._in_fit = False
@@ -152,15 +202,26 @@ class TMPISync(keras.callbacks.Callback):
             self._remove_hook = None
         _bridge.write(self._weights,
                       self.rule.finalize(_bridge.read(self._weights)))
+        if self.rule.recorder is not None:
+            self.rule.recorder.close()
         if self._server_step is not None:
             self.model.train_function = None      # Keras rebuilds it
             self._server_step = None
+        if self._ckpt is not None:
+            self._ckpt.after_training(self.model, self.rule)
 
     # -- helpers ------------------------------------------------------------
     def _role(self):
         """'peer' for rules where all ranks train in step; 'server' or
         'worker' for asynchronous server/worker rules (EASGD)."""
         return getattr(self.rule, "role", "peer")
+
+    def _record(self, logs):
+        # The batch logs Keras reports (loss, metrics: running means over
+        # the epoch so far), the scalars only.
+        metrics = {k: v for k, v in (logs or {}).items()
+                   if isinstance(v, numbers.Number) or np.ndim(v) == 0}
+        self.rule.recorder.end_step(epoch=self._epoch, **metrics)
 
     def _global_metrics(self):
         # Asynchronous ranks never wait for each other, so no collective
@@ -171,7 +232,12 @@ class TMPISync(keras.callbacks.Callback):
         # The server does not train: it serves the center until every
         # worker has finished, takes the center, and runs one empty step so
         # fit ends (its validation then evaluates the center).
-        center = self.rule.serve()
+        on_exchange = None
+        if self._ckpt is not None:
+            on_exchange = self._ckpt.server_hook(
+                self.model, self.rule,
+                self.params.get("steps") if self.params else None)
+        center = self.rule.serve(on_exchange=on_exchange)
         _bridge.write(self._weights, center)
         self.model.stop_training = True
         self._server_step = lambda data: {}

@@ -1,5 +1,6 @@
 """What every rule shares: scheduling words, learning-rate scaling, state."""
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -13,6 +14,7 @@ from tmpi_core.context import get_context
 __all__ = ["Rule"]
 
 LR_SCALINGS = (None, "linear")
+_NOT_TIMED = contextlib.nullcontext()      # reused: no allocation per step
 
 
 class Rule:
@@ -31,6 +33,11 @@ class Rule:
       write back when this step exchanged them, else ``None``. Adapters ask
       :meth:`wants_params` first so they read parameters only when needed;
     * :meth:`finalize` at the end of training: the model every rank keeps.
+
+    Attributes:
+        recorder: a :class:`tmpi_core.Recorder` or None (the default). Set it
+            on every rank before :meth:`start`, which opens it; the rule then
+            times its exchanges into it (see :mod:`tmpi_core.recorder`).
 
     Args:
         every: exchange period in steps (``>= 1``).
@@ -61,6 +68,7 @@ class Rule:
         self._checked = False
         self.step = 0
         self._params = None
+        self.recorder = None
 
     # -- configuration ----------------------------------------------------
     def config(self):
@@ -86,6 +94,7 @@ class Rule:
                 parameter count, shapes or dtypes.
         """
         self._ready()
+        self._open_recorder()
         spec = describe_arrays(params, names)
         check_same_across_ranks(self.ctx, spec, "parameters")
         self._params = fused_buffer_for(spec, self._params)
@@ -118,13 +127,36 @@ class Rule:
         return 1.0 + (size - 1) * self.step / self.warmup_steps
 
     # -- state --------------------------------------------------------------
+    #: names in :meth:`state_dict` whose values are equal on every rank, so a
+    #: checkpoint stores them once (from rank 0)
+    shared_state = ()
+    #: True when every rank holds the same parameters and optimizer state
+    #: between steps (BSP on gradients), so a checkpoint stores them once
+    ranks_identical = False
+
     def state_dict(self):
-        """Return the rule's state (a dict of plain values) for checkpoints."""
+        """Return this rank's rule state for a checkpoint.
+
+        Returns:
+            dict of numbers, JSON-able values and numpy arrays: the step
+            counter (which is also the learning-rate warm-up position) and
+            the rule's own state. Call :meth:`quiesce` first where a rule
+            has messages in flight.
+        """
         return {"step": self.step}
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned (after :meth:`start`)."""
         self.step = int(state["step"])
+
+    def quiesce(self, params):
+        """Bring the ranks to a consistent state for a checkpoint.
+
+        Collective. Synchronous rules have nothing in flight and return
+        ``None``; asynchronous ones deliver their messages first and return
+        the parameters to write back (or ``None``).
+        """
+        return None
 
     # -- helpers ------------------------------------------------------------
     def _ready(self):
@@ -140,6 +172,19 @@ class Rule:
             check_same_across_ranks(self.ctx, self.config(), "rule options")
             self._checked = True
             self._on_ready()
+            self._open_recorder()
+
+    def _open_recorder(self):
+        """Open the recorder, if any (collective the first time)."""
+        if self.recorder is not None:
+            self.recorder.open(self.ctx, config=self.config())
+
+    def _timer(self, kind):
+        """Context manager timing an exchange into the recorder: ``kind`` is
+        ``'collective'`` (barrier into wait, then comm), ``'exchange'``
+        (comm) or ``'blocked'`` (wait). A shared no-op without a recorder."""
+        recorder = self.recorder
+        return _NOT_TIMED if recorder is None else getattr(recorder, kind)
 
     def _on_ready(self):
         """Hook for subclasses: allocate what needs the context."""

@@ -68,6 +68,12 @@ class BSP(Rule):
         """Return the options every rank must share."""
         return dict(super().config(), mode=self.mode, strategy=self.strategy)
 
+    @property
+    def ranks_identical(self):
+        """In ``'grads'`` mode every rank applies the same averaged gradient,
+        so parameters and optimizer state stay equal across ranks."""
+        return self.mode == "grads"
+
     def _on_ready(self):
         self._exchanger = make_exchanger(self.strategy, self.ctx.comm)
         self._inv_size = 1.0 / self.ctx.size
@@ -96,8 +102,9 @@ class BSP(Rule):
             spec = describe_arrays(grads)
             check_same_across_ranks(self.ctx, spec, "gradients")
             self._grads = fused_buffer_for(spec)
-        self._grads.pack(grads, scale=self._inv_size)
-        self._exchanger.allreduce_sum(self._grads)
+        with self._timer("collective"):
+            self._grads.pack(grads, scale=self._inv_size)
+            self._exchanger.allreduce_sum(self._grads)
         return self._grads.views
 
     def wants_params(self):
@@ -119,7 +126,8 @@ class BSP(Rule):
                 "end_step needs the parameters on an exchange step; call "
                 "wants_params() first and pass them"
             )
-        return self._average_params(params)
+        with self._timer("collective"):
+            return self._average_params(params)
 
     def finalize(self, params):
         """Average the parameters once more so every rank ends identical.

@@ -134,6 +134,13 @@ class EASGD(Rule):
         if params is None:
             raise ValueError("end_step needs the parameters on an exchange "
                              "step; call wants_params() first")
+        with self._timer("collective" if self.synchronous else "exchange"):
+            self._exchange(params)
+        self.exchanges += 1
+        return self._local.views
+
+    def _exchange(self, params):
+        """The elastic exchange of :meth:`end_step` (timed there)."""
         self._local.pack(params)
         x, d = self._local.data, self._work.data
         if self.synchronous:
@@ -150,15 +157,19 @@ class EASGD(Rule):
             np.add(c, d, out=c)
         else:
             comm = self.ctx.comm
-            comm.Send(x, dest=0, tag=_TAG_PUSH)
-            comm.Recv(d, source=0, tag=_TAG_DIFF)
+            with self._timer("blocked"):     # the round trip to the server
+                comm.Send(x, dest=0, tag=_TAG_PUSH)
+                comm.Recv(d, source=0, tag=_TAG_DIFF)
             np.subtract(x, d, out=x)
             np.add(self.elastic_total, d, out=self.elastic_total)
-        self.exchanges += 1
-        return self._local.views
 
-    def serve(self):
+    def serve(self, *, on_exchange=None):
         """Run the center on the server until every worker has finished.
+
+        Args:
+            on_exchange: optional ``f(exchanges, center_views)`` called after
+                every served exchange (the adapters checkpoint the center
+                from it).
 
         Returns:
             the center (views of a fused buffer). On a worker or a peer this
@@ -182,6 +193,8 @@ class EASGD(Rule):
                 np.add(self.elastic_total, d, out=self.elastic_total)
                 comm.Send(d, dest=source, tag=_TAG_DIFF)
                 self.exchanges += 1
+                if on_exchange is not None:
+                    on_exchange(self.exchanges, self._center.views)
             elif tag == _TAG_DONE:
                 comm.Recv(_EMPTY, source=source, tag=_TAG_DONE)
                 active -= 1
@@ -207,14 +220,34 @@ class EASGD(Rule):
             self.ctx.bcast_array(self._center.data, root=0)
         return self._center.views
 
+    @property
+    def shared_state(self):
+        """The synchronous center is equal on every rank; the asynchronous
+        one lives on the server alone, which checkpoints by itself."""
+        return ("center",) if self.synchronous else ()
+
     def state_dict(self):
-        """Step counter and center, for checkpoints."""
-        return {"step": self.step, "center": self._center.data.copy()}
+        """Step and exchange counters and the center, for checkpoints.
+
+        A worker of the asynchronous form holds no center of its own (its
+        copy is stale), so it saves only its counters.
+        """
+        state = {"step": self.step, "exchanges": self.exchanges}
+        if self.role != "worker":
+            state["center"] = self._center.data.copy()
+        return state
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` (after :meth:`start`)."""
         super().load_state_dict(state)
-        np.copyto(self._center.data, state["center"])
+        self.exchanges = int(state.get("exchanges", 0))
+        if "center" in state:
+            center = np.asarray(state["center"])
+            if center.shape != self._center.data.shape:
+                raise ValueError(
+                    f"the checkpoint's EASGD center has {center.size} values, "
+                    f"this model {self._center.data.size}")
+            np.copyto(self._center.data, center)
 
     def _rank(self):
         self._ready()

@@ -111,17 +111,58 @@ class GoSGD(Rule):
         if params is None:
             raise ValueError("end_step needs the parameters when "
                              "wants_params() said so")
-        self._x.pack(params)
-        self._drain()
-        if push:
-            self._push()
-        self._reap()
+        with self._timer("exchange"):        # never blocks on a peer
+            self._x.pack(params)
+            self._drain()
+            if push:
+                self._push()
+            self._reap()
         return self._x.views
 
     def finalize(self, params):
         """Deliver every message in flight, then return the weighted
         consensus on every rank (collective); weights restart at 1/p."""
         self._x.pack(params)
+        comm, MPI = self.ctx.comm, self._MPI
+        self._deliver_all()
+        x = self._x.data
+        x *= self.weight
+        total = np.array([self.weight], np.float64)
+        comm.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+        comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        self.total_weight = float(total[0])
+        x /= total[0]
+        self.weight = 1.0 / self.ctx.size
+        return self._x.views
+
+    def quiesce(self, params):
+        """Deliver every gossip message in flight (collective).
+
+        After it, no message is on the wire, so this rank's parameters and
+        weight are its whole state: ``sum_i a_i == 1`` holds exactly as
+        stored. Returns the parameters with every received message merged.
+        """
+        self._ready()
+        self._x.pack(params)
+        self._deliver_all()
+        return self._x.views
+
+    def state_dict(self):
+        """Step, weight and the peer-choice generator, for checkpoints
+        (after :meth:`quiesce`)."""
+        return {"step": self.step, "weight": self.weight,
+                "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict` (after :meth:`start`)."""
+        super().load_state_dict(state)
+        self.weight = float(state["weight"])
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
+
+    # -- messages -------------------------------------------------------------
+    def _deliver_all(self):
+        # Receive until every rank has received all that every rank sent.
         comm, MPI = self.ctx.comm, self._MPI
         counts = np.zeros(1, np.int64)
         while True:
@@ -133,26 +174,7 @@ class GoSGD(Rule):
                 break
         MPI.Request.Waitall([r for r, _ in self._pending])
         self._reap()
-        x = self._x.data
-        x *= self.weight
-        total = np.array([self.weight], np.float64)
-        comm.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
-        comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
-        self.total_weight = float(total[0])
-        x /= total[0]
-        self.weight = 1.0 / self.ctx.size
-        return self._x.views
 
-    def state_dict(self):
-        """Step counter and weight, for checkpoints."""
-        return {"step": self.step, "weight": self.weight}
-
-    def load_state_dict(self, state):
-        """Restore :meth:`state_dict`."""
-        super().load_state_dict(state)
-        self.weight = float(state["weight"])
-
-    # -- messages -------------------------------------------------------------
     def _message(self):
         nbytes = _HEADER + self._x.nbytes
         return np.zeros(nbytes, np.uint8)

@@ -1,0 +1,86 @@
+"""Train the test MLP with TMPISync(checkpoint=DIR), optionally failing.
+
+Run by tests/test_checkpoint_keras.py as ``mpiexec -n P python keras_ckpt.py
+--out DIR --ckpt CKPT [options]``. It resumes from CKPT when that holds a
+checkpoint (``fit(initial_epoch=sync.resume_epoch())``). Faults, at
+``EPOCH:BATCH`` on ``--fault-rank``: ``--kill`` (SIGKILL itself), ``--raise``
+(an exception), ``--mark`` (write DIR/marker so the test can signal the
+launcher). Each rank writes ``DIR/rank{r}.json`` with its final weights.
+"""
+
+import argparse
+import json
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+
+import tmpi_adapters.keras as tmpi_keras
+from kmodels import compile_model, make_data, make_model, make_optimizer
+
+p = argparse.ArgumentParser()
+p.add_argument("--out", required=True)
+p.add_argument("--ckpt", default=None)
+p.add_argument("--rule", default="bsp")
+p.add_argument("--options", default="{}", help="JSON options of --rule")
+p.add_argument("--optimizer", default="momentum")
+p.add_argument("--epochs", type=int, default=4)
+p.add_argument("--n", type=int, default=96)
+p.add_argument("--batch", type=int, default=8)
+p.add_argument("--every", type=int, default=1, help="checkpoint_every")
+p.add_argument("--keep", type=int, default=2)
+p.add_argument("--kill", default=None, metavar="EPOCH:BATCH")
+p.add_argument("--raise", dest="raise_at", default=None, metavar="EPOCH:BATCH")
+p.add_argument("--mark", default=None, metavar="EPOCH:BATCH")
+p.add_argument("--fault-rank", type=int, default=1)
+p.add_argument("--slow", type=float, default=0.0, help="sleep per batch")
+args = p.parse_args()
+
+rank, size = tmpi_keras.rank(), tmpi_keras.size()
+x, y = make_data(args.n)
+x, y = tmpi_keras.shard((x, y))
+model = compile_model(make_model(100 + rank), make_optimizer(args.optimizer))
+sync = tmpi_keras.TMPISync(args.rule, checkpoint=args.ckpt,
+                           checkpoint_every=args.every,
+                           checkpoint_keep=args.keep,
+                           **json.loads(args.options))
+
+
+def _at(spec):
+    return None if spec is None else tuple(int(v) for v in spec.split(":"))
+
+
+class Faults(keras.callbacks.Callback):
+    epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        here = (self.epoch, batch)
+        if args.slow:
+            time.sleep(args.slow)
+        if rank != args.fault_rank:
+            return
+        if here == _at(args.kill):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if here == _at(args.raise_at):
+            raise RuntimeError(f"injected failure on rank {rank} at {here}")
+        if here == _at(args.mark):
+            with open(os.path.join(args.out, "marker"), "w") as f:
+                f.write("ready")
+
+
+start = sync.resume_epoch() if args.ckpt else 0
+model.fit(x, y, batch_size=args.batch, epochs=args.epochs, shuffle=False,
+          initial_epoch=start, callbacks=[sync, Faults()], verbose=0)
+with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+    json.dump({
+        "start": start,
+        "weights": [np.asarray(w).tolist() for w in model.get_weights()],
+        "optimizer": [np.asarray(v).tolist()
+                      for v in model.optimizer.variables],
+        "step": sync.rule.step,
+    }, f)
