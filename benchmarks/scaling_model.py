@@ -15,7 +15,7 @@ Inputs, all measured on this machine unless given:
 * ``gamma``, the local cost of summing one byte of float32 (``np.add``);
 * each model's compute time per step ``t_c`` (one rank, its batch) and
   gradient bytes ``n`` (``benchmarks/keras_overhead.py --json``: the
-  unsynchronised step), or ``--model name:step_ms:MiB``.
+  unsynchronised step), and any ``--model name:step_ms:MiB``.
 
 Model (no overlap of communication with computation, which is how tmpi runs
 today; weak scaling: every rank keeps its batch, so ``p`` ranks do ``p``
@@ -116,7 +116,7 @@ def ring_allreduce_s(p, nbytes, alpha, bandwidth, gamma=0.0):
 
 
 def speedups(p, *, step_s, nbytes, alpha, bandwidth, gamma=0.0,
-             pack_s=0.0, every=4, tau=4, q=0.1):
+             ar_gamma=None, pack_s=0.0, every=4, tau=4, q=0.1):
     """Predicted speedup of every rule at ``p`` ranks (see the module doc).
 
     Args:
@@ -126,6 +126,9 @@ def speedups(p, *, step_s, nbytes, alpha, bandwidth, gamma=0.0,
         alpha: per-message latency (s).
         bandwidth: bytes/s.
         gamma: seconds to sum one byte locally.
+        ar_gamma: ``gamma`` inside the allreduce; default ``gamma``. Zero
+            where ``bandwidth`` was fitted to allreduces that already
+            include their sums (the ``measured`` network).
         pack_s: the pack pass before an allreduce (s).
         every: BSP parameter averaging period ``k``.
         tau: EASGD period.
@@ -136,7 +139,9 @@ def speedups(p, *, step_s, nbytes, alpha, bandwidth, gamma=0.0,
     """
     p = np.asarray(p, dtype=np.float64)
     t_c = float(step_s)
-    t_x = pack_s + ring_allreduce_s(p, nbytes, alpha, bandwidth, gamma)
+    if ar_gamma is None:
+        ar_gamma = gamma
+    t_x = pack_s + ring_allreduce_s(p, nbytes, alpha, bandwidth, ar_gamma)
     t_e = 2 * (alpha + nbytes / bandwidth) + 3 * nbytes * gamma
     t_g = q * (alpha + nbytes / bandwidth + 2 * nbytes * gamma)
     # one rank exchanges with nobody: every rule is 1 there
@@ -162,7 +167,8 @@ def predict(models, exchange, *, ranks=DEFAULT_RANKS, networks=NETWORKS,
             ``pack_per_byte`` (s/byte), all measured.
         ranks: the ``p`` columns.
         networks: name -> (bandwidth, link latency); a ``measured`` network
-            (this host, the fitted alpha and B) is added first.
+            (this host, the fitted alpha and B, whose fit already holds the
+            allreduce's sums) is added first.
 
     Returns:
         list of dicts: model, network, rule, alpha, bandwidth, speedup (list
@@ -177,7 +183,9 @@ def predict(models, exchange, *, ranks=DEFAULT_RANKS, networks=NETWORKS,
             alpha = exchange["alpha"] + link
             s = speedups(ranks, step_s=m["step_s"], nbytes=m["nbytes"],
                          alpha=alpha, bandwidth=bandwidth,
-                         gamma=exchange["gamma"], pack_s=pack_s,
+                         gamma=exchange["gamma"],
+                         ar_gamma=0.0 if net == "measured" else None,
+                         pack_s=pack_s,
                          every=every, tau=tau, q=q)
             for rule, values in s.items():
                 rows.append({"model": m["name"], "network": net,
@@ -317,7 +325,10 @@ def main(argv=None):
     p.add_argument("--compute-args", default="--repeats 3 --steps 4",
                    help="arguments of keras_overhead.py when measuring")
     p.add_argument("--model", action="append", default=[],
-                   help="name:step_ms:MiB, a model given by hand")
+                   help="name:step_ms:MiB, a model given by hand "
+                        "(repeatable; added to the measured ones)")
+    p.add_argument("--no-compute", action="store_true",
+                   help="measure no model (use --model/--compute-json only)")
     p.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)))
     p.add_argument("--every", type=int, default=4,
                    help="BSP parameter averaging period k")
@@ -334,6 +345,8 @@ def main(argv=None):
         p.error(str(e))
     if not ranks or min(ranks) < 1:
         p.error(f"--ranks={args.ranks}: positive integers")
+    if args.no_compute and not (manual or args.compute_json):
+        p.error("--no-compute needs --model or --compute-json")
     if args.every < 1 or args.tau < 1 or not 0 < args.q <= 1:
         p.error("--every and --tau must be >= 1 and --q in (0, 1]")
 
@@ -348,7 +361,7 @@ def main(argv=None):
         for path in args.compute_json:
             with open(path) as f:
                 computes.append(json.load(f))
-        if not args.compute_json and not manual:
+        if not args.compute_json and not args.no_compute:
             computes.append(_launch(
                 "keras_overhead.py", 2, args.compute_args.split(),
                 os.path.join(tmp, "overhead.json"), 1800))

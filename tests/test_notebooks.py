@@ -47,3 +47,23 @@ def test_rules_comparison_notebook(tmp_path):
     assert {row.split("|")[1].strip() for row in table[2:]} == {
         "bsp", "easgd", "easgd-sync", "gosgd"}
     assert (tmp_path / "rules.png").stat().st_size > 10_000
+
+
+def test_scaling_model_notebook(tmp_path):
+    nb = execute("scaling_model.ipynb", {
+        "EXCHANGE_ARGS": "--sizes 64K,32M --no-wrn --no-gloo --repeats 5 "
+                         "--warmup 1",
+        "COMPUTE_ARGS": "--depth 10 --width 1 --input-size 8 --batch-size 4 "
+                        "--steps 2 --repeats 1 --warmup 0",
+        "MODELS": ["toy:100:10"], "RANKS": "2,8,1024"}, tmp_path)
+    text = nb.cells[-1].outputs[0]["text"].splitlines()
+    checks = [line for line in text if "predicted BSP speedup at 2" in line]
+    assert [line.split(":")[0] for line in checks] == ["toy", "wrn_10_1"]
+    assert "measured" in checks[1]          # the 2-rank check has a figure
+    head = next(i for i, line in enumerate(text) if line.startswith("model"))
+    assert text[head].split()[-3:] == ["2", "8", "1024"]
+    rows = text[head + 2:]
+    # 2 models x 3 networks (measured, 10 and 100 Gb/s) x 4 rules
+    assert len(rows) == 24
+    assert {row.split()[0] for row in rows} == {"toy", "wrn_10_1"}
+    assert (tmp_path / "scaling_model.png").stat().st_size > 10_000
