@@ -18,6 +18,7 @@ from tmpi_core.data import (load_cifar10, load_dataset, load_digits,
                             load_idx, load_mnist, shard, shard_indices)
 from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
                                   HalfPrecisionExchanger, make_exchanger)
+from tmpi_core.recorder import Recorder, make_recorder, read_run
 from tmpi_core.rules import BSP, EASGD, RULES, GoSGD, Rule, make_rule
 
 from tmpi_core._version import __version__
@@ -33,6 +34,7 @@ __all__ = [
     "GoSGD",
     "HalfPrecisionExchanger",
     "RULES",
+    "Recorder",
     "Rule",
     "broadcast_arrays",
     "check_same_across_ranks",
@@ -45,7 +47,9 @@ __all__ = [
     "load_idx",
     "load_mnist",
     "make_exchanger",
+    "make_recorder",
     "make_rule",
+    "read_run",
     "shard",
     "shard_indices",
 ]
