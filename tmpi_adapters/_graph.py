@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 
-from tmpi_core import (broadcast_arrays, check_same_across_ranks,
-                       describe_arrays, get_context, make_rule)
+from tmpi_core import (Recorder, broadcast_arrays, check_same_across_ranks,
+                       describe_arrays, get_context, make_recorder, make_rule)
 
 __all__ = []
 
@@ -111,9 +111,40 @@ class DistributedUpdates(collections.OrderedDict):
     ``function(updates=...)`` that also carries the rule.
 
     Attributes:
-        rule: the :class:`tmpi_core.Rule` that runs at every call.
+        rule: the :class:`tmpi_core.Rule` that runs at every call; with
+            ``record=``, ``rule.recorder`` is the :class:`tmpi_core.Recorder`.
         synchronised: the shared variables the rule exchanges.
     """
+
+    def record(self, loss=None, *, epoch=None, samples=None, **metrics):
+        """Record the step just taken (with ``distributed(..., record=DIR)``).
+
+        Call it on every training rank after each call of the compiled
+        function. Writes the step's calc / comm / wait seconds (calc: the
+        time since the previous ``record`` less the exchange the Op timed;
+        the first step counts from its exchange, so compiling is not
+        compute) with ``loss`` and the metrics; :meth:`finalize` writes the
+        summary.
+
+        Args:
+            loss: the step's loss (what the compiled function returned).
+            epoch: the epoch, if you count them.
+            samples: samples this step trained on on this rank.
+            **metrics: other scalars (``accuracy=0.9``).
+
+        Raises:
+            ValueError: without ``record=``, or for a non-scalar metric.
+
+        Example:
+            >>> loss = train(xb, yb)
+            >>> updates.record(loss=loss, epoch=epoch)
+        """
+        recorder = self.rule.recorder
+        if recorder is None:
+            raise ValueError(
+                "this DistributedUpdates records nothing; pass "
+                "record=RUN_DIR to distributed()")
+        recorder.end_step(loss, epoch=epoch, samples=samples, **metrics)
 
     def serve(self):
         """On an asynchronous rule's server rank, serve until the workers end.
@@ -145,13 +176,17 @@ class DistributedUpdates(collections.OrderedDict):
         values = self.rule.finalize(
             [v.get_value(borrow=True) for v in self.synchronised])
         _set_values(self.synchronised, values)
+        if self.rule.recorder is not None:
+            self.rule.recorder.close()
 
 
 def _distributed(lib, updates, rule="bsp", *, params=None, comm=None,
-                **options):
+                record=None, **options):
     """``distributed`` for ``lib`` (documented in :data:`_DISTRIBUTED_DOC`)."""
     pairs = _update_pairs(lib, updates)
     rule = _make_rule(rule, comm, options, default_mode="params")
+    if record is not None:
+        rule.recorder = make_recorder(record, comm=comm)
     if getattr(rule, "mode", None) == "grads":
         raise ValueError(
             "distributed(updates) exchanges the updated values; to average "
@@ -190,7 +225,7 @@ def _distributed(lib, updates, rule="bsp", *, params=None, comm=None,
 
 
 def _distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
-                      **options):
+                      record=None, **options):
     """``distributed_grads`` for ``lib``."""
     if isinstance(grads, (str, bytes)) or not hasattr(grads, "__iter__"):
         raise ValueError(
@@ -209,6 +244,14 @@ def _distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
         raise ValueError(
             f"distributed_grads() averages gradients; mode={rule.mode!r} "
             "belongs to distributed(updates)")
+    if record is not None:
+        if not isinstance(record, Recorder):
+            raise ValueError(
+                f"record={record!r}: distributed_grads() returns plain "
+                "gradients, so hold the recorder yourself: rec = "
+                "tmpi_core.Recorder(RUN_DIR); distributed_grads(..., "
+                "record=rec); rec.end_step(loss=...) per step; rec.close()")
+        rule.recorder = record
     if params is not None:
         _broadcast(lib, params, comm=rule._comm, _rule=rule)
 
@@ -253,6 +296,11 @@ _DISTRIBUTED_DOC = """Return ``updates`` that synchronise across ranks at every 
         params: restrict the exchange to these shared variables (default:
             every floating-point variable the updates change).
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+        record: a run directory (or a :class:`tmpi_core.Recorder`): the
+            exchange's comm / wait seconds are timed, and
+            ``updates.record(loss=...)`` after each call writes the step
+            (see :class:`DistributedUpdates`); ``finalize()`` writes the
+            summary. Plot with ``tmpi-report RUN_DIR``.
         **options: the rule's options (``every=4``).
 
     Returns:
@@ -281,6 +329,9 @@ _DISTRIBUTED_GRADS_DOC = """Average symbolic gradients across ranks before any u
         params: the parameters; if given, rank 0's values are broadcast now
             (otherwise call :func:`broadcast` before training).
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+        record: a :class:`tmpi_core.Recorder` you hold: the exchange is
+            timed into it; call its ``end_step(loss=...)`` after each step
+            and ``close()`` after training.
         **options: the rule's options.
 
     Returns:
@@ -330,14 +381,15 @@ def public_api(libname, *, module, function, grad):
     fill = dict(function=function, grad=grad, module=f"tmpi_{short}")
 
     def distributed(updates, rule="bsp", *, params=None, comm=None,
-                    **options):
+                    record=None, **options):
         return _distributed(graph_lib(libname), updates, rule, params=params,
-                            comm=comm, **options)
+                            comm=comm, record=record, **options)
 
     def distributed_grads(grads, rule="bsp", *, params=None, comm=None,
-                          **options):
+                          record=None, **options):
         return _distributed_grads(graph_lib(libname), grads, rule,
-                                  params=params, comm=comm, **options)
+                                  params=params, comm=comm, record=record,
+                                  **options)
 
     def broadcast(params, *, comm=None):
         return _broadcast(graph_lib(libname), params, comm=comm)
