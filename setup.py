@@ -50,6 +50,8 @@ setup(
         "mpich": ["mpich"],
         # The bundled default data (scikit-learn's digits).
         "data": ["scikit-learn"],
+        # `tmpi-report RUN_DIR`: plots of recorded runs.
+        "report": ["matplotlib"],
         # Tests, and executing the notebooks.
         # Theano 1.0.5 + Lasagne 0.1 on Python 3.11: numpy < 1.24 (np.complex),
         # setuptools < 81 (Lasagne imports pkg_resources), a real BLAS with
@@ -60,6 +62,10 @@ setup(
         "pytensor": ["pytensor"],
         "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel",
                 "matplotlib"],
+    },
+    entry_points={
+        # Plots of runs recorded with record=RUN_DIR (needs the report extra).
+        "console_scripts": ["tmpi-report=tmpi_core.report:main"],
     },
     license="BSD-3-Clause",
     classifiers=[
