@@ -206,7 +206,7 @@ def soak_bsp(ctx, args, mode, watchdog):
     # Tolerance: fp32 rounding of the 1/p scale and the p-term sum; for
     # asa16, its stated bound (two fp16 roundings of values <= the mean).
     top = float(base.data.max()) + 125.0 * size
-    tol = 8 * np.finfo(np.float32).eps * top
+    tol = 8 * float(np.finfo(np.float32).eps) * top
     if args.strategy == "asa16":
         tol += 2 * 2.0**-11 * top + (size + 1) * 2.0**-25
     rss = RSSMeter()
@@ -693,7 +693,8 @@ def main(argv=None):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"argv": sys.argv[1:], "ranks": ctx.size,
-                           "ok": ok, "parts": results}, f, indent=1)
+                           "ok": ok, "parts": results}, f, indent=1,
+                          default=float)
     return 0 if ok else 1
 
 
