@@ -75,7 +75,7 @@ def run_mpi_json(script, n, tmp_path, *args, **kwargs):
         list of the ranks' results, in rank order.
     """
     out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     run_mpi(script, n, "--out", out, *args, **kwargs)
     results = []
     for rank in range(n):

@@ -413,6 +413,11 @@ def _make_rule(rule, comm, options, *, default_mode):
             "lr_scaling is not applied in compiled graphs; scale the learning "
             "rate you pass to the update rule by the number of ranks "
             "(tmpi_core.get_context().size)")
+    if options.get("nonfinite") == "skip":
+        raise ValueError(
+            "nonfinite='skip' cannot skip an update inside a compiled graph "
+            "(zero gradients would still move momentum and Adam); use "
+            "nonfinite='raise'")
     if isinstance(rule, str):
         if rule.lower() == "bsp":
             options.setdefault("mode", default_mode)

@@ -25,9 +25,10 @@ Lasagne 0.1 import on Theano 1.0 (see :mod:`tmpi_adapters.lasagne_compat`).
 
 from tmpi_adapters import _graph
 from tmpi_adapters._graph import DistributedUpdates
+from tmpi_adapters.graph_checkpoint import Checkpointer
 from tmpi_adapters.lasagne_compat import install_downsample_alias
 
-__all__ = ["DistributedUpdates", "broadcast", "distributed",
+__all__ = ["Checkpointer", "DistributedUpdates", "broadcast", "distributed",
            "distributed_grads"]
 
 install_downsample_alias()

@@ -23,8 +23,9 @@ descendant (numpy 2); :mod:`tmpi_adapters.lasagne` is the same for Theano.
 
 from tmpi_adapters import _graph
 from tmpi_adapters._graph import DistributedUpdates
+from tmpi_adapters.graph_checkpoint import Checkpointer
 
-__all__ = ["DistributedUpdates", "broadcast", "distributed",
+__all__ = ["Checkpointer", "DistributedUpdates", "broadcast", "distributed",
            "distributed_grads"]
 
 _api = _graph.public_api("pytensor", module=__name__,

@@ -76,8 +76,9 @@ def install_gradient_hook(optimizer, on_gradients):
     """Make ``optimizer.apply`` pass gradients through ``on_gradients`` first.
 
     ``on_gradients`` maps a list of numpy arrays (``None`` for missing
-    gradients) to a list of averaged arrays. Returns a function that removes
-    the hook.
+    gradients) to a list of averaged arrays, or to ``None`` to skip this
+    update (BSP's ``nonfinite='skip'``). Returns a function that removes the
+    hook.
     """
     original = optimizer.apply
     zeros = {}
@@ -96,6 +97,8 @@ def install_gradient_hook(optimizer, on_gradients):
                         zeros[i] = np.zeros(variables[i].shape, np.float32)
                     arrays[i] = zeros[i]
         averaged = on_gradients(arrays)
+        if averaged is None:
+            return None         # the rule skipped this step on every rank
         new = [numpy_to_tensor(a, g) for a, g in zip(averaged, grads)]
         return original(new, trainable_variables)
 

@@ -3,11 +3,12 @@
 import inspect
 
 from tmpi_core.rules.base import Rule
-from tmpi_core.rules.bsp import BSP
+from tmpi_core.rules.bsp import BSP, NonFiniteError
 from tmpi_core.rules.easgd import EASGD
 from tmpi_core.rules.gosgd import GoSGD
 
-__all__ = ["BSP", "EASGD", "GoSGD", "Rule", "RULES", "make_rule"]
+__all__ = ["BSP", "EASGD", "GoSGD", "NonFiniteError", "Rule", "RULES",
+           "make_rule"]
 
 RULES = {"bsp": BSP, "easgd": EASGD, "gosgd": GoSGD}
 

@@ -1,12 +1,22 @@
 """BSP: bulk synchronous parallel averaging of gradients or parameters."""
 
+import numpy as np
+
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.exchangers import EXCHANGERS, make_exchanger
 from tmpi_core.rules.base import Rule, fused_buffer_for
 
-__all__ = ["BSP"]
+__all__ = ["BSP", "NonFiniteError"]
 
 MODES = ("grads", "params")
+NONFINITE = (None, "raise", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or Inf in the exchanged values; raised on every rank at once
+    (the job then ends without an MPI abort)."""
+
+    on_every_rank = True
 
 
 class BSP(Rule):
@@ -26,11 +36,19 @@ class BSP(Rule):
         strategy: exchanger name (``'ar'``).
         lr_scaling: ``None`` or ``'linear'`` (see :class:`Rule`).
         warmup_steps: warm-up steps for linear scaling.
+        nonfinite: what to do when a rank's gradients (or, in ``'params'``
+            mode, parameters) hold NaN or Inf: ``None`` (default, no check:
+            the average is NaN everywhere), ``'raise'`` (a
+            :class:`NonFiniteError` on every rank naming the ranks and the
+            step) or ``'skip'`` (``'grads'`` mode: :meth:`on_gradients`
+            returns ``None`` on every rank and the adapter skips that
+            update; counted in ``skipped``). The check costs two passes
+            over the buffer per exchange.
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
 
     Raises:
-        ValueError: for an unknown mode or strategy, or ``every > 1`` with
-            ``mode='grads'``.
+        ValueError: for an unknown mode, strategy or ``nonfinite``, or
+            ``every > 1`` with ``mode='grads'``.
 
     Example:
         >>> rule = BSP(mode="params", every=4)   # local SGD, average every 4
@@ -40,7 +58,7 @@ class BSP(Rule):
     title = "BSP"
 
     def __init__(self, *, mode="grads", every=1, strategy="ar",
-                 lr_scaling=None, warmup_steps=0, comm=None):
+                 lr_scaling=None, warmup_steps=0, nonfinite=None, comm=None):
         super().__init__(every=every, lr_scaling=lr_scaling,
                          warmup_steps=warmup_steps, comm=comm)
         if mode not in MODES:
@@ -59,14 +77,25 @@ class BSP(Rule):
                 f"strategy={strategy!r} is not a known exchanger; choose one "
                 f"of {sorted(EXCHANGERS)}"
             )
+        if nonfinite not in NONFINITE:
+            raise ValueError(
+                f"nonfinite={nonfinite!r} must be None (no check), 'raise' "
+                "or 'skip'")
+        if nonfinite == "skip" and mode != "grads":
+            raise ValueError(
+                "nonfinite='skip' needs mode='grads' (a parameter update "
+                "already applied cannot be skipped); use 'raise'")
         self.mode = mode
         self.strategy = strategy
+        self.nonfinite = nonfinite
+        self.skipped = 0
         self._exchanger = None
         self._grads = None
 
     def config(self):
         """Return the options every rank must share."""
-        return dict(super().config(), mode=self.mode, strategy=self.strategy)
+        return dict(super().config(), mode=self.mode, strategy=self.strategy,
+                    nonfinite=self.nonfinite)
 
     @property
     def ranks_identical(self):
@@ -87,7 +116,11 @@ class BSP(Rule):
 
         Returns:
             list of averaged arrays (views of the fused gradient buffer, valid
-            until the next call), or ``None`` in ``'params'`` mode.
+            until the next call), or ``None`` in ``'params'`` mode and for a
+            step skipped by ``nonfinite='skip'`` (the same on every rank).
+
+        Raises:
+            NonFiniteError: with ``nonfinite='raise'``, on every rank.
         """
         if self.mode != "grads":
             return None
@@ -104,7 +137,12 @@ class BSP(Rule):
             self._grads = fused_buffer_for(spec)
         with self._timer("collective"):
             self._grads.pack(grads, scale=self._inv_size)
+            local_ok = self._check_local(self._grads)
             self._exchanger.allreduce_sum(self._grads)
+        if not self._check_global(self._grads, local_ok, "gradients",
+                                  self.step):
+            self.skipped += 1
+            return None
         return self._grads.views
 
     def wants_params(self):
@@ -127,7 +165,7 @@ class BSP(Rule):
                 "wants_params() first and pass them"
             )
         with self._timer("collective"):
-            return self._average_params(params)
+            return self._average_params(params, step=self.step - 1)
 
     def finalize(self, params):
         """Average the parameters once more so every rank ends identical.
@@ -138,11 +176,38 @@ class BSP(Rule):
         """
         return self._average_params(params)
 
-    def _average_params(self, params):
+    def _average_params(self, params, step=None):
         self._require_started()
         self._params.pack(params, scale=self._inv_size)
+        local_ok = self._check_local(self._params)
         self._exchanger.allreduce_sum(self._params)
+        self._check_global(self._params, local_ok, "parameters", step)
         return self._params.views
+
+    def _check_local(self, buffer):
+        return True if self.nonfinite is None else _all_finite(buffer.data)
+
+    def _check_global(self, buffer, local_ok, what, step=None):
+        # NaN and Inf survive the sum, so the averaged buffer (equal on every
+        # rank) tells every rank at once; only then do they compare notes.
+        if self.nonfinite is None or _all_finite(buffer.data):
+            return True
+        bad = [r for r, ok in enumerate(self.ctx.allgather(local_ok))
+               if not ok]
+        step = self.step if step is None else step
+        where = (f"on rank(s) {bad}" if bad else
+                 "in the sum only (finite values overflowed)")
+        if self.nonfinite == "skip":
+            import warnings
+
+            warnings.warn(f"BSP step {step}: NaN/Inf {what} {where}; "
+                          "the update is skipped on every rank",
+                          stacklevel=3)
+            return False
+        raise NonFiniteError(
+            f"BSP step {step}: NaN/Inf {what} {where} (nonfinite="
+            "'raise'); lower the learning rate, check the data on those "
+            "ranks, or use nonfinite='skip'")
 
     def _require_started(self):
         if self._params is None:
@@ -150,3 +215,11 @@ class BSP(Rule):
                 "BSP.start(params) must run on every rank before parameters "
                 "are exchanged"
             )
+
+
+def _all_finite(a):
+    # One pass, nothing allocated: a float32 sum in float64 cannot overflow,
+    # so it is finite exactly when every element is.
+    if a.dtype == np.float32:
+        return bool(np.isfinite(np.sum(a, dtype=np.float64)))
+    return bool(np.isfinite(np.sum(a))) or bool(np.isfinite(a).all())

@@ -1,0 +1,75 @@
+"""Checkpoint and resume through the Theano/Lasagne and PyTensor adapters."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mpirun import run_mpi, run_mpi_json
+from test_graph_adapters import _lib
+from tmpi_core.checkpoint import read_checkpoint
+
+LIBS = ["pytensor", "theano"]
+
+
+def _latest(ckpt):
+    names = sorted(n for n in os.listdir(ckpt) if n.startswith("ckpt-"))
+    return read_checkpoint(os.path.join(ckpt, names[-1]))
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("entry,optimizer", [("updates", "momentum"),
+                                             ("grads", "adam")])
+def test_resume_after_kill_equals_uninterrupted(tmp_path, lib, entry,
+                                                optimizer):
+    _lib(lib)
+    common = ("--lib", lib, "--entry", entry, "--optimizer", optimizer)
+    reference = run_mpi_json("graph_ckpt.py", 2, tmp_path / "a",
+                             "--ckpt", tmp_path / "ref", *common)
+    ckpt = tmp_path / "ckpt"
+    (tmp_path / "b").mkdir()
+    begin = time.monotonic()
+    proc = run_mpi("graph_ckpt.py", 2, "--out", tmp_path / "b", "--ckpt",
+                   ckpt, *common, "--kill", "2:3", check=False)
+    assert proc.returncode != 0
+    assert time.monotonic() - begin < 60
+    meta, shared, locals_ = _latest(ckpt)
+    assert meta["epoch"] == 2
+    if entry == "grads":             # BSP on gradients: ranks equal, saved once
+        assert "var/0" in shared
+    else:                            # momentum buffers differ per rank
+        assert "var/0" in locals_[0] and "var/0" in locals_[1]
+    resumed = run_mpi_json("graph_ckpt.py", 2, tmp_path / "c", "--ckpt",
+                           ckpt, *common)
+    assert resumed[0]["start"] == 2
+    for rank in range(2):
+        for a, b in zip(resumed[rank]["params"], reference[rank]["params"]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule,options,ranks", [
+    ("gosgd", '{"p": 0.5, "seed": 2}', 2),
+    ("easgd", '{"tau": 2}', 3)], ids=["gosgd", "easgd-async"])
+def test_asynchronous_rules_checkpoint_and_resume(tmp_path, rule, options,
+                                                  ranks):
+    _lib("pytensor")
+    common = ("--rule", rule, "--options", options, "--ckpt",
+              tmp_path / "ckpt")
+    (tmp_path / "a").mkdir()
+    proc = run_mpi("graph_ckpt.py", ranks, "--out", tmp_path / "a", *common,
+                   "--kill", "2:3", check=False)
+    assert proc.returncode != 0
+    meta, shared, locals_ = _latest(tmp_path / "ckpt")
+    assert meta["rule"]["rule"] == rule
+    if rule == "easgd":
+        assert meta["center_only"] and "center/0" in shared
+    else:
+        weights = [__import__("json").loads(
+            locals_[r]["rule/json"].tobytes().decode())["weight"]
+            for r in range(ranks)]
+        assert sum(weights) == pytest.approx(1.0, abs=1e-12)
+    results = run_mpi_json("graph_ckpt.py", ranks, tmp_path / "b", *common)
+    for r in results[1:]:
+        for a, b in zip(r["params"], results[0]["params"]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
