@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import zipfile
 
 import numpy as np
 
@@ -241,7 +242,7 @@ class Checkpointer:
         for candidate in candidates:
             try:
                 meta, shared, locals_ = read_checkpoint(candidate)
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
                 errors.append(f"{candidate}: {type(e).__name__}: {e}")
                 if path is not None:
                     return (False, f"could not read checkpoint {errors[-1]}"), {}
@@ -281,7 +282,8 @@ def read_checkpoint(path):
         ``{rank: {name: array}}``.
 
     Raises:
-        OSError, ValueError, KeyError: for a missing, foreign or damaged file.
+        OSError, ValueError, KeyError, zipfile.BadZipFile: for a missing,
+            foreign or damaged file.
     """
     with np.load(path, allow_pickle=False) as npz:
         if _META not in npz.files:
