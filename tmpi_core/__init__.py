@@ -12,6 +12,8 @@ Example:
 
 from tmpi_core.broadcast import broadcast_arrays
 from tmpi_core.buffer import FlatBuffer
+from tmpi_core.checkpoint import (Checkpoint, CheckpointError, Checkpointer,
+                                  Interrupted)
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.context import Context, get_context, install_abort_hook
 from tmpi_core.data import (load_cifar10, load_dataset, load_digits,
@@ -19,13 +21,17 @@ from tmpi_core.data import (load_cifar10, load_dataset, load_digits,
 from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
                                   HalfPrecisionExchanger, make_exchanger)
 from tmpi_core.recorder import Recorder, make_recorder, read_run
-from tmpi_core.rules import BSP, EASGD, RULES, GoSGD, Rule, make_rule
+from tmpi_core.rules import (BSP, EASGD, RULES, GoSGD, NonFiniteError, Rule,
+                             make_rule)
 
 from tmpi_core._version import __version__
 
 __all__ = [
     "AllreduceExchanger",
     "BSP",
+    "Checkpoint",
+    "CheckpointError",
+    "Checkpointer",
     "Context",
     "EASGD",
     "EXCHANGERS",
@@ -33,6 +39,8 @@ __all__ = [
     "FlatBuffer",
     "GoSGD",
     "HalfPrecisionExchanger",
+    "Interrupted",
+    "NonFiniteError",
     "RULES",
     "Recorder",
     "Rule",

@@ -46,7 +46,8 @@ class TMPISync(keras.callbacks.Callback):
     state, rule state, next epoch and random states atomically at the end
     of every ``checkpoint_every``-th epoch, and once more when the job is
     interrupted (Ctrl-C on ``mpiexec``, SIGTERM): the ranks agree at the
-    next batch end, stop together, write it and raise ``KeyboardInterrupt``.
+    next batch end, stop together, write it and raise
+    :class:`tmpi_core.Interrupted` (a ``KeyboardInterrupt``).
     Training resumes from the newest checkpoint in ``DIR`` by itself; pass
     ``initial_epoch=sync.resume_epoch()`` to ``fit`` so the epochs count on.
 
@@ -65,7 +66,7 @@ class TMPISync(keras.callbacks.Callback):
             ``summary.json`` and prints a summary when ``fit`` ends; plot
             with ``tmpi-report RUN_DIR``.
         **options: the rule's options, e.g. ``mode='params', every=4,
-            lr_scaling='linear', warmup_steps=100``.
+            lr_scaling='linear', warmup_steps=100, nonfinite='raise'``.
 
     Raises:
         ValueError: for an unknown rule or a bad option, on every rank,

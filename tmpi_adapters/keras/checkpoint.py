@@ -11,7 +11,7 @@ When checkpoints are written:
 * when the job is interrupted (``SIGINT``/``SIGTERM``, Ctrl-C on the
   launcher, which forwards it to every rank): the ranks agree at the next
   batch end, stop together, write one final checkpoint and raise
-  ``KeyboardInterrupt``;
+  :class:`tmpi_core.Interrupted` (a ``KeyboardInterrupt``);
 * asynchronous EASGD: the server writes the center by itself, once per
   epoch's worth of exchanges, and at the end; workers resume from the center.
 """
