@@ -18,7 +18,11 @@ For each buffer size, and for the parameter set of a Wide-ResNet-16-4
 * **naive**: what a user without tmpi writes for a list of gradient arrays:
   ``np.concatenate`` of the raveled arrays, an in-place ``Allreduce``,
   ``/= p`` and ``np.split`` back into shaped arrays;
-* **asa16**: the ``asa16`` exchanger (fp16 on the wire) on the fused buffer;
+* **asa16**: the ``asa16`` exchanger (fp16 on the wire) on its own fused
+  buffer, refilled before every call (untimed) with gradient-like values
+  (normal, standard deviation ``--asa16-scale``, default 1e-3): numpy's
+  float16 casts, which asa16 makes four of, take far longer on small
+  values (fp16 subnormals) than on zeros, so zeros would flatter it;
 * **gloo**: ``torch.distributed.all_reduce`` (gloo backend, what a PyTorch
   user picks on CPUs) of a float32 CPU tensor of the same bytes, one torch
   thread per rank; absent without torch or with ``--no-gloo``;
@@ -238,6 +242,10 @@ def _parse_args(argv):
         "--no-wrn", action="store_true",
         help="skip the Wide-ResNet-16-4 row")
     parser.add_argument(
+        "--asa16-scale", type=float, default=1e-3,
+        help="standard deviation of the values asa16 exchanges (default "
+        "1e-3, gradient-like; 0 gives zeros)")
+    parser.add_argument(
         "--no-gloo", action="store_true",
         help="skip torch.distributed gloo (default: timed when torch imports)")
     parser.add_argument(
@@ -338,7 +346,7 @@ def start_gloo(ctx):
 class _Row:
     """The buffers and timed operations of one benchmark row."""
 
-    def __init__(self, ctx, label, shapes, ops, dist=None):
+    def __init__(self, ctx, label, shapes, ops, dist=None, asa16_scale=1e-3):
         from mpi4py import MPI
 
         self.ctx = ctx
@@ -353,9 +361,15 @@ class _Row:
         self.half = make_exchanger("asa16", ctx.comm)
         # Zeros: the sum's cost does not depend on the values for normal
         # floats, and zeros never grow into inf over many in-place sums.
-        # ar, ar_p and asa16 share this buffer (the rotation evens out which
-        # finds it in cache); raw has its own array.
+        # ar and ar_p share this buffer (the rotation evens out which finds
+        # it in cache); raw has its own array.
         self.fused = FlatBuffer(self.shapes)
+        # asa16's buffer gets the same gradient-like values before each call.
+        self.half_buf = FlatBuffer(self.shapes)
+        self.half_values = (asa16_scale * rng.standard_normal(
+            self.fused.size)).astype(np.float32)
+        self._setup = {"asa16": lambda: np.copyto(self.half_buf.data,
+                                                  self.half_values)}
         self.raw = np.zeros(self.fused.size, dtype=np.float32)
         self.local = FlatBuffer(self.shapes)
         self.scale = np.float32(1.0 / ctx.size)
@@ -370,7 +384,7 @@ class _Row:
             "ar": lambda: self.plain.allreduce_sum(self.fused),
             "exch": lambda: self.rule.on_gradients(self.grads),
             "naive": lambda: naive_average(comm, self.grads, MPI),
-            "asa16": lambda: self.half.allreduce_sum(self.fused),
+            "asa16": lambda: self.half.allreduce_sum(self.half_buf),
             "pack": lambda: self.local.pack(self.grads, scale=self.scale),
         }
         if "ar_p" in ops:
@@ -385,6 +399,9 @@ class _Row:
             self._ops["gloo"] = lambda: dist.all_reduce(self.tensor)
 
     def _time(self, op):
+        setup = self._setup.get(op)
+        if setup is not None:
+            setup()
         self.ctx.comm.Barrier()
         t0 = time.perf_counter()
         self._ops[op]()
@@ -582,7 +599,7 @@ def main(argv=None):
 
     results = []
     for label, shapes in rows:
-        row = _Row(ctx, label, shapes, ops, dist)
+        row = _Row(ctx, label, shapes, ops, dist, args.asa16_scale)
         results.append(row.run(args))
         del row         # its buffers' persistent requests are freed with them
         gc.collect()

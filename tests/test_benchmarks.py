@@ -82,3 +82,21 @@ def test_exchange_benchmark_runs_on_two_ranks(tmp_path):
         {"meta": data["meta"], "results": [row, slower]})
     assert inputs["op"] == ("ar_p" if "ar_p" in ops else "ar")
     assert inputs["ranks"] == 2 and inputs["bandwidth"] > 0
+
+
+def test_branch_free_half_cast_is_bit_exact():
+    import fp16_cast
+
+    caster = fp16_cast.HalfCaster(chunk=4096)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504.0, 65519.99,
+                        65520.0, 1e9, -1e9, 2.0 ** -24, 2.0 ** -25,
+                        1.5 * 2.0 ** -25, 2.0 ** -14, 1e-45, -1e-45,
+                        1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11],
+                       dtype=np.float32)
+    with np.errstate(all="ignore"):
+        patterns = np.arange(0, 2**32, 65537, dtype=np.uint64).astype(
+            np.uint32).view(np.float32)
+        for x in (special, patterns):
+            got = np.empty(x.size, np.float16)
+            caster(x, got)
+            assert fp16_cast._same_bits(x.astype(np.float16), got)
