@@ -1,5 +1,7 @@
 """One fused, preallocated, contiguous float32 buffer with a view per tensor."""
 
+import numbers
+
 import numpy as np
 
 __all__ = ["FlatBuffer"]
@@ -30,7 +32,14 @@ class FlatBuffer:
     """
 
     def __init__(self, shapes, *, dtype=np.float32):
-        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.shapes = []
+        for i, s in enumerate(shapes):
+            if isinstance(s, (str, bytes)) or not hasattr(s, "__iter__") \
+                    or not all(isinstance(d, numbers.Integral) for d in s):
+                raise ValueError(
+                    f"shapes[{i}]={s!r} must be a tuple of integers, e.g. "
+                    "(3,) or array.shape")
+            self.shapes.append(tuple(int(d) for d in s))
         for s in self.shapes:
             if any(d < 0 for d in s):
                 raise ValueError(f"shapes must be non-negative, got {s}")

@@ -57,12 +57,15 @@ def _comparable(spec):
 def _difference(what, ref, other, rank):
     prefix = f"{what} differ across ranks: "
     if isinstance(ref, dict) and isinstance(other, dict):
-        keys = sorted(set(ref) | set(other), key=str)
+        # a version difference first: it explains any other difference
+        keys = sorted(set(ref) | set(other),
+                      key=lambda k: (k != "tmpi", str(k)))
         for k in keys:
             if ref.get(k) != other.get(k):
+                fix = ("install one tmpi version on every host" if k == "tmpi"
+                       else "every rank must run the same configuration")
                 return (prefix + f"{k}={other.get(k)!r} on rank {rank} but "
-                        f"{ref.get(k)!r} on rank 0; every rank must run the "
-                        "same configuration")
+                        f"{ref.get(k)!r} on rank 0; {fix}")
     if isinstance(ref, (list, tuple)) and isinstance(other, (list, tuple)):
         if len(ref) != len(other):
             return (prefix + f"rank {rank} has {len(other)} {what}, rank 0 has "

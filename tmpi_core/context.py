@@ -43,6 +43,10 @@ class Context:
     def __init__(self, comm=None, *, abort_on_exception=True):
         from mpi4py import MPI
 
+        if comm is not None and not isinstance(comm, MPI.Comm):
+            raise ValueError(
+                f"comm={comm!r} must be an mpi4py.MPI.Comm (MPI.COMM_WORLD "
+                "or one split from it) or None")
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()

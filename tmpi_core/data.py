@@ -78,6 +78,13 @@ def shard(arrays, rank, size):
     """
     single = not isinstance(arrays, (list, tuple))
     seq = [arrays] if single else list(arrays)
+    if not seq:
+        raise ValueError("no arrays to shard: pass an array or (x, y)")
+    if any(np.ndim(a) == 0 for a in seq):
+        raise ValueError(
+            "arrays to shard must be arrays with a sample dimension first, "
+            f"got {[type(a).__name__ for a in seq]}; shard a dict of "
+            "inputs value by value")
     lengths = {len(a) for a in seq}
     if len(lengths) != 1:
         raise ValueError(
@@ -168,8 +175,17 @@ def load_idx(path):
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path!r} is not an IDX file (bad magic number)")
     ndim = raw[3]
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path!r} is truncated: its IDX header is cut off")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=_IDX_TYPES[raw[2]], offset=4 + 4 * ndim)
+    want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - 4 - 4 * ndim != want:
+        raise ValueError(
+            f"{path!r} holds {len(raw) - 4 - 4 * ndim} bytes of data; its "
+            f"header says shape {shape} ({want} bytes): the file is "
+            "truncated or damaged")
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
     return data.reshape(shape)
 
 

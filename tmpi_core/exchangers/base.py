@@ -18,6 +18,12 @@ class Exchanger:
     name = None
 
     def __init__(self, comm):
+        from mpi4py import MPI
+
+        if not isinstance(comm, MPI.Comm):
+            raise ValueError(
+                f"comm={comm!r} must be an mpi4py.MPI.Comm, e.g. "
+                "tmpi_core.get_context().comm")
         self.comm = comm
         self.size = comm.Get_size()
 

@@ -97,6 +97,10 @@ class Rule:
         self._open_recorder()
         spec = describe_arrays(params, names)
         check_same_across_ranks(self.ctx, spec, "parameters")
+        missing = [i for i, (_, shape, _) in enumerate(spec) if shape is None]
+        if missing:                    # the same on every rank: all raise
+            raise ValueError(
+                f"params {missing} are None; pass the parameters' arrays")
         self._params = fused_buffer_for(spec, self._params)
         return broadcast_arrays(self.ctx, params, root=0)
 

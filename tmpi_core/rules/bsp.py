@@ -72,7 +72,7 @@ class BSP(Rule):
                 f"every={every} needs mode='params': gradients are averaged "
                 "every step; periodic averaging (local SGD) averages parameters"
             )
-        if strategy not in EXCHANGERS:
+        if not isinstance(strategy, str) or strategy not in EXCHANGERS:
             raise ValueError(
                 f"strategy={strategy!r} is not a known exchanger; choose one "
                 f"of {sorted(EXCHANGERS)}"

@@ -66,7 +66,7 @@ class EASGD(Rule):
             raise ValueError(f"beta={beta!r} must lie in (0, 1]")
         if not isinstance(synchronous, bool):
             raise ValueError(f"synchronous={synchronous!r} must be True or False")
-        if strategy not in EXCHANGERS:
+        if not isinstance(strategy, str) or strategy not in EXCHANGERS:
             raise ValueError(
                 f"strategy={strategy!r} is not a known exchanger; choose one "
                 f"of {sorted(EXCHANGERS)}")

@@ -55,6 +55,9 @@ class GoSGD(Rule):
         if seed is not None and (isinstance(seed, bool)
                                  or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"seed={seed!r} must be an integer or None")
+        if not isinstance(log_messages, bool):
+            raise ValueError(
+                f"log_messages={log_messages!r} must be True or False")
         self.p = float(p)
         self.seed = seed
         self.weight = None
