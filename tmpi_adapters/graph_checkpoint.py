@@ -202,6 +202,10 @@ class Checkpointer:
         the workers finish, writing the center every ``every_exchanges``
         exchanges and at the end, and returns True; elsewhere False.
         """
+        if isinstance(every_exchanges, bool) or not isinstance(
+                every_exchanges, int) or every_exchanges < 1:
+            raise ValueError(f"every_exchanges={every_exchanges!r} must be "
+                             "an integer >= 1")
         rule = self.rule
         if getattr(rule, "role", "peer") != "server":
             return False

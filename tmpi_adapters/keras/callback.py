@@ -244,8 +244,22 @@ class TMPISync(keras.callbacks.Callback):
         self._server_step = lambda data: {}
         self.model.train_function = self._server_step
 
+    def _gather(self, point, value):
+        # allgather with the point of fit each rank is at: a rank that
+        # validates while another does not meets it in a different hook,
+        # and both must say so instead of misreading each other's values.
+        everyone = self.ctx.allgather((point, value))
+        points = {r: p for r, (p, _) in enumerate(everyone)}
+        if len(set(points.values())) > 1:
+            raise ValueError(
+                f"ranks reached different points of fit ({points}); every "
+                "rank must use the same validation setting (validation_data, "
+                "validation_split, validation_freq) and call fit/evaluate "
+                "with TMPISync the same number of times")
+        return [v for _, v in everyone]
+
     def _check_same_steps(self, steps, phase):
-        everyone = self.ctx.allgather(steps)
+        everyone = self._gather(f"{phase} steps", steps)
         if len(set(everyone)) > 1:
             raise ValueError(
                 f"ranks would run different numbers of {phase} steps "
@@ -292,9 +306,18 @@ class TMPISync(keras.callbacks.Callback):
                 if id(v) not in seen:
                     seen.add(id(v))
                     variables.append(v)
+        values = _bridge.read(variables)
+        # Before the sum: ranks that compiled different metrics would add
+        # unlike buffers (an MPI truncation error or garbage).
+        try:
+            check_same_across_ranks(
+                self.ctx, describe_arrays(values, [v.path for v in variables]),
+                "metric variables")
+        except ValueError as e:
+            raise ValueError(f"{e}: compile it with the same loss and "
+                             "metrics on every rank") from None
         if not variables:
             return
-        values = _bridge.read(variables)
         flat = np.concatenate([np.ravel(a).astype(np.float64) for a in values])
         self.ctx.allreduce_sum(flat)
         offset = 0
@@ -307,7 +330,7 @@ class TMPISync(keras.callbacks.Callback):
         keys = sorted(k for k, v in logs.items()
                       if isinstance(v, numbers.Number) or np.ndim(v) == 0)
         local = {k: float(logs[k]) for k in keys}
-        everyone = self.ctx.allgather(local)
+        everyone = self._gather("epoch logs", local)
         if any(sorted(d) != keys for d in everyone):
             raise ValueError(
                 "ranks report different log keys "

@@ -43,13 +43,18 @@ class ShardedPyDataset(keras.utils.PyDataset):
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
 
     Raises:
-        ValueError: if ``dataset`` has no length or fewer batches than ranks.
+        ValueError: if ``dataset`` is not a ``PyDataset``, has no length or
+            has fewer batches than ranks.
 
     Example:
         >>> model.fit(ShardedPyDataset(MyDataset(...)), callbacks=[TMPISync()])
     """
 
     def __init__(self, dataset, *, comm=None):
+        if not isinstance(dataset, keras.utils.PyDataset):
+            raise ValueError(
+                f"ShardedPyDataset needs a keras.utils.PyDataset, got "
+                f"{type(dataset).__name__}; for arrays use shard((x, y))")
         super().__init__(workers=getattr(dataset, "workers", 1),
                          use_multiprocessing=getattr(
                              dataset, "use_multiprocessing", False),
