@@ -116,7 +116,20 @@ def parse_args(argv=None):
     p.add_argument("--history", default=None,
                    help="write the per-epoch global logs and the final "
                         "figures (rank 0) to this JSON file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must "
+                    "be >= 1")
+    if args.warmup_epochs < 0:
+        p.error(f"--warmup-epochs={args.warmup_epochs} must be >= 0")
+    if not 0.0 <= args.dropout < 1.0:
+        p.error(f"--dropout={args.dropout} must lie in [0, 1)")
+    if args.rule != "bsp" and (args.lr_scaling or args.mode != "grads"
+                               or args.every != 1):
+        p.error(f"--lr-scaling, --mode and --every are options of the bsp "
+                f"rule, not of --rule {args.rule}")
+    return args
 
 
 def main(argv=None):
@@ -141,10 +154,10 @@ def main(argv=None):
     steps = -(-len(x_tr) // args.batch_size)
     options = {}
     if args.rule == "bsp":
-        options = dict(mode=args.mode, every=args.every)
-    sync = tmpi_keras.TMPISync(
-        args.rule, lr_scaling=args.lr_scaling,
-        warmup_steps=int(args.warmup_epochs * steps), **options)
+        options = dict(mode=args.mode, every=args.every,
+                       lr_scaling=args.lr_scaling,
+                       warmup_steps=int(args.warmup_epochs * steps))
+    sync = tmpi_keras.TMPISync(args.rule, **options)
     if rank == 0:
         print(f"{model.name}: {model.count_params():,} parameters, {size} "
               f"rank(s) x batch {args.batch_size}, {len(x_tr)} samples per "
