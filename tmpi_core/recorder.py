@@ -525,7 +525,19 @@ def _read_json(path):
 
 def _read_lines(path):
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            if number == len(lines):
+                break           # no newline after it: cut off by a kill
+            raise ValueError(f"{path}:{number} is not a record line "
+                             f"({e})") from None
+    return records
 
 
 def _scalar(name, value):
