@@ -16,6 +16,7 @@ When checkpoints are written:
   epoch's worth of exchanges, and at the end; workers resume from the center.
 """
 
+import os
 import signal
 import warnings
 
@@ -47,6 +48,13 @@ class Checkpointing:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(
                 f"checkpoint_every={every!r} must be an integer >= 1 (epochs)")
+        # named as TMPISync's arguments, before the core checks them again
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            raise ValueError(f"checkpoint={directory!r} must be a directory "
+                             "path (str or os.PathLike) or None")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(
+                f"checkpoint_keep={keep!r} must be an integer >= 1")
         self.sync = sync
         self.store = Checkpointer(directory, keep=keep, comm=sync.ctx.comm)
         self.every = every
