@@ -348,6 +348,12 @@ def test_keras_data_helpers(tmpi_keras):
     with pytest.raises(ValueError, match="the dataset has 0 batches, fewer "
                                          "than the 1 ranks"):
         tmpi_keras.ShardedPyDataset(Batches(0))
+    class Endless(keras.utils.PyDataset):
+        def __getitem__(self, i):
+            return np.zeros((2, 6), np.float32), np.zeros(2, np.int64)
+
+    with pytest.raises(ValueError, match="needs a dataset with __len__"):
+        tmpi_keras.ShardedPyDataset(Endless())
     with pytest.raises(ValueError, match="needs a keras.utils.PyDataset, got "
                                          r"list; for arrays use shard"):
         tmpi_keras.ShardedPyDataset([1, 2, 3])
@@ -369,6 +375,19 @@ def test_generator_without_length_warns(tmpi_keras):
                                          "unknown"):
         model.fit(batches(), epochs=1, verbose=0,
                   callbacks=[tmpi_keras.TMPISync()])
+
+
+def test_linear_scaling_needs_a_constant_learning_rate(tmpi_keras):
+    import keras
+    from kmodels import compile_model, make_data, make_model
+
+    x, y = make_data(16)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
+    model = compile_model(make_model(0), keras.optimizers.SGD(schedule))
+    with pytest.raises(ValueError, match="lr_scaling='linear' needs a "
+                                         "constant learning rate"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[
+            tmpi_keras.TMPISync("bsp", lr_scaling="linear")])
 
 
 def _fit_with_checkpoint(tmpi_keras, model, directory, epochs=1):
@@ -466,6 +485,25 @@ def test_graph_resume_with_another_model_is_refused(pytensor_api, tmp_path):
                                          "updates have 2"):
         checkpointer((3,), (2,)).restore()
     assert checkpointer((3,)).restore() == 1
+
+
+def test_graph_asynchronous_rule_resumes_only_on_as_many_ranks(
+        pytensor_api, tmp_path):
+    pytensor, api = pytensor_api
+    rule = make_rule("gosgd", p=0.5)
+    w = pytensor.shared(np.zeros(3), name="w")
+    # a checkpoint as two GoSGD ranks write it, each with its own model
+    meta = {"format": 1, "ranks": 2, "epoch": 1, "local": True,
+            "rule": rule.config(), "step": 4}
+    state = json_array({"step": 4, "weight": 0.5})
+    np.savez(tmp_path / "ckpt-00000001.npz", __meta__=json_array(meta),
+             **{f"rank{r}/{k}": v for r in range(2)
+                for k, v in (("var/0", np.ones(3)), ("rule/json", state))})
+    ckpt = api.Checkpointer([(w, w + 1)], tmp_path, rule=rule,
+                            watch_signals=False)
+    with pytest.raises(ValueError, match="was written by 2 ranks; GoSGD "
+                                         "resumes only on as many"):
+        ckpt.restore()
 
 
 # -- the zoo's flags -----------------------------------------------------------
