@@ -7,14 +7,16 @@ For each buffer size, and for the parameter set of a Wide-ResNet-16-4
 * **raw**: ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` on one
   preallocated float32 array -- the reference of every ratio;
 * **ar**: the ``ar`` exchanger with plain ``MPI_Allreduce``
-  (``persistent=False``) on an already fused buffer;
-* **ar_p**: the ``ar`` exchanger as shipped: one persistent request
-  (``MPI_Allreduce_init``, made once, then ``Start``/``Wait``) on the same
-  fused buffer; absent where the MPI lacks persistent collectives;
+  (``persistent=False``) on a fused buffer over that same array;
+* **ar_p**: the ``ar`` exchanger with a persistent request
+  (``persistent=True``: ``MPI_Allreduce_init`` made once, then
+  ``Start``/``Wait``) on that same buffer; absent where the MPI lacks
+  persistent collectives. The shipped ``ar`` (``persistent=None``) is
+  ``ar`` below 8 MiB and ``ar_p`` from 8 MiB up;
 * **exch**: the whole BSP exchange, ``BSP(mode='grads').on_gradients(grads)``
   on a list of float32 tensors of that many bytes in total: one pass
   packing them into the fused buffer scaled by ``1/p``, then the shipped
-  ``ar``;
+  ``ar`` (plain below 8 MiB, persistent from 8 MiB up);
 * **naive**: what a user without tmpi writes for a list of gradient arrays:
   ``np.concatenate`` of the raveled arrays, an in-place ``Allreduce``,
   ``/= p`` and ``np.split`` back into shaped arrays;
@@ -28,8 +30,10 @@ For each buffer size, and for the parameter set of a Wide-ResNet-16-4
   thread per rank; absent without torch or with ``--no-gloo``;
 * **pack**: the exchange's pack pass alone (local, no communication).
 
-Each repetition runs all of them in an order rotated every repetition, so
-slow drift of a noisy machine hits all alike. Every timed call is preceded
+Each repetition runs all of them in a fresh random order (the same on every
+rank), so slow drift of a noisy machine, and which operation ran just before
+(what it left in the caches), hit all alike; raw, ar and ar_p work on the
+same array. Every timed call is preceded
 by a ``Barrier``; each rank times it with ``time.perf_counter`` and the
 repetition's time is the maximum over ranks. Medians are reported, and
 ratios of medians: each operation over raw, ``asa16`` over ``ar``, ``ar``
@@ -361,16 +365,18 @@ class _Row:
         self.half = make_exchanger("asa16", ctx.comm)
         # Zeros: the sum's cost does not depend on the values for normal
         # floats, and zeros never grow into inf over many in-place sums.
-        # ar and ar_p share this buffer (the rotation evens out which finds
-        # it in cache); raw has its own array.
+        # raw, ar and ar_p work on the same array: they differ only in the
+        # call, and the random order makes each as likely as the others to
+        # find it in cache. (On separate arrays, the same Allreduce differs
+        # by up to 20 % from one array to another, run to run.)
         self.fused = FlatBuffer(self.shapes)
+        self.raw = self.fused.data
         # asa16's buffer gets the same gradient-like values before each call.
         self.half_buf = FlatBuffer(self.shapes)
         self.half_values = (asa16_scale * rng.standard_normal(
             self.fused.size)).astype(np.float32)
         self._setup = {"asa16": lambda: np.copyto(self.half_buf.data,
                                                   self.half_values)}
-        self.raw = np.zeros(self.fused.size, dtype=np.float32)
         self.local = FlatBuffer(self.shapes)
         self.scale = np.float32(1.0 / ctx.size)
         self.MPI = MPI
@@ -408,11 +414,11 @@ class _Row:
         return time.perf_counter() - t0
 
     def repetition(self, index):
-        """One repetition of every op, in an order rotated by ``index`` so
-        slow drift hits all alike: max-over-ranks seconds in ``self.ops``
-        order."""
-        k = index % len(self.ops)
-        order = self.ops[k:] + self.ops[:k]
+        """One repetition of every op, in an order shuffled by ``index`` (the
+        same on every rank), so slow drift and what ran just before hit all
+        alike: max-over-ranks seconds in ``self.ops`` order."""
+        order = [self.ops[i] for i in
+                 np.random.default_rng(index).permutation(len(self.ops))]
         seconds = dict((op, self._time(op)) for op in order)
         times = np.array([seconds[op] for op in self.ops], dtype=np.float64)
         self.ctx.comm.Allreduce(self._in_place, times, op=self.MPI.MAX)
@@ -445,14 +451,16 @@ class _Row:
         if "ar_p" in self.ops:
             exchangers.append(("ar_p", self.persistent))
         for name, ex in exchangers:
-            self.fused.pack(self.grads)
-            ex.allreduce_sum(self.fused)
+            buf = self.fused
+            buf.pack(self.grads)
+            ex.allreduce_sum(buf)
             if name == "asa16":
                 # fp16: about 3 significant digits of each term and the sum
-                close(name, self.fused.data, ref.data, rtol=2e-3,
+                close(name, buf.data, ref.data, rtol=2e-3,
                       atol=2e-3 * p * float(np.abs(ref.data).max()))
             else:
-                close(name, self.fused.data, ref.data)
+                close(name, buf.data, ref.data)
+            buf.data.fill(0)
         if "gloo" in self.ops:
             import torch
 
@@ -461,7 +469,7 @@ class _Row:
             self.dist.all_reduce(self.tensor)
             close("gloo", self.tensor.numpy(), ref.data)
             self.tensor.zero_()
-        self.fused.data.fill(0)
+            self.fused.data.fill(0)
         everyone = comm.allgather(bad)
         if any(everyone):
             raise RuntimeError(
@@ -540,9 +548,10 @@ def ratio_table(results):
 
 LEGEND = """\
 raw = comm.Allreduce(IN_PLACE) of one preallocated array; ar = the ar
-exchanger with plain Allreduce; ar_p = the ar exchanger as shipped (one
-persistent MPI_Allreduce_init request per buffer); exch = the whole BSP
-gradient exchange (pack x 1/p into the fused buffer + ar_p); naive =
+exchanger with plain Allreduce (persistent=False) on that array; ar_p = the ar
+exchanger with one persistent MPI_Allreduce_init request (persistent=True);
+exch = the whole BSP gradient exchange (pack x 1/p into the fused buffer +
+the shipped ar: ar below 8 MiB, ar_p from 8 MiB up); naive =
 np.concatenate + Allreduce + /p + np.split; asa16 = fp16 on the wire; gloo =
 torch.distributed.all_reduce (gloo) of a tensor of the same bytes; pack = the
 pack pass alone. Times: medians of the slowest rank's time; ratios: of

@@ -60,6 +60,9 @@ def test_persistent_ar_equals_plain_allreduce(tmp_path, ranks):
         assert r["requests_after_free"] == 0, r
         assert r["after_free_within_fp32"], r
         assert r["requests_after_reuse"] == 1, r
+        # automatic: persistent from persistent_min_bytes up only
+        assert r["auto_within_fp32"], r
+        assert r["auto_request_sizes"] == [1001, 300_000], r
 
 
 def test_ar_without_persistent_collectives(monkeypatch):
@@ -73,6 +76,8 @@ def test_ar_without_persistent_collectives(monkeypatch):
         ar.AllreduceExchanger(comm, persistent=True)
     with pytest.raises(ValueError, match=r"persistent='yes' must be None"):
         ar.AllreduceExchanger(comm, persistent="yes")
+    with pytest.raises(ValueError, match=r"persistent_min_bytes=-1 must be"):
+        ar.AllreduceExchanger(comm, persistent_min_bytes=-1)
 
 
 def test_ar_free_is_idempotent_on_one_rank():

@@ -82,5 +82,15 @@ _, ok = exchange(persistent, bufs[300_000][0], 6)
 result["after_free_within_fp32"] = ok
 result["requests_after_reuse"] = len(persistent._requests)
 
+# Automatic: a persistent request only from persistent_min_bytes up (4000
+# bytes here: the 1001- and 300000-element buffers, not the 3 and 7).
+auto = AllreduceExchanger(ctx.comm, persistent_min_bytes=4000)
+auto_bufs = [FlatBuffer([(n,)]) for n in (3, 7, 1001, 300_000)]
+auto_ok = [exchange(auto, b, 10 + step)[1] for step in range(2)
+           for b in auto_bufs]
+result["auto_within_fp32"] = all(auto_ok)
+result["auto_request_sizes"] = sorted(
+    b.size for b in auto_bufs if id(b) in auto._requests)
+
 with open(os.path.join(args.out, f"rank{ctx.rank}.json"), "w") as f:
     json.dump(result, f)

@@ -32,14 +32,17 @@ class AllreduceExchanger(Exchanger):
 
     ``x <- sum_i x_i``: one collective per exchange, nothing allocated per
     call. Where the MPI has persistent collectives (MPI-4
-    ``MPI_Allreduce_init``), each buffer gets one persistent request, made on
-    its first exchange and reused (``Start``/``Wait``) on every later one.
-    MPICH's blocking ``MPI_Allreduce`` allocates a scratch buffer of the
-    message size on every call, and above glibc's 32 MiB mmap threshold
-    that is a fresh ``mmap`` whose pages fault in each time; the persistent
-    request allocates it once (``benchmarks/RESULTS.md``: 2x faster at
-    64 MiB, equal below 16 MiB). The price is that scratch buffer, held per
-    fused buffer for as long as the buffer lives.
+    ``MPI_Allreduce_init``), a buffer of ``persistent_min_bytes`` or more
+    gets one persistent request, made on its first exchange and reused
+    (``Start``/``Wait``) on every later one. MPICH's blocking
+    ``MPI_Allreduce`` allocates a scratch buffer of the message's size on
+    every call, and above glibc's 32 MiB mmap threshold that is a fresh
+    ``mmap`` whose pages fault in every time; the persistent request
+    allocates it once: 2.3x faster from 32 MiB up on 2 ranks of one host.
+    Below 8 MiB the persistent request was 0-12 % slower than the blocking
+    call (its scratch buffer is cold where the blocking call reuses a warm
+    one), from 8 to 24 MiB they were equal (``benchmarks/RESULTS.md``). The
+    price is that scratch buffer, held per fused buffer while it lives.
 
     A request is freed when its buffer is garbage-collected, when the
     buffer's ``data`` array is replaced, or by :meth:`free`; a later
@@ -49,24 +52,29 @@ class AllreduceExchanger(Exchanger):
 
     Args:
         comm: an ``mpi4py.MPI.Comm``.
-        persistent: ``None`` (default): persistent requests where the MPI
-            has them, plain ``Allreduce`` otherwise; ``True``: require them;
-            ``False``: always plain ``Allreduce``.
+        persistent: ``None`` (default): persistent requests for buffers of
+            ``persistent_min_bytes`` or more where the MPI has them, plain
+            ``Allreduce`` otherwise; ``True``: persistent requests for every
+            buffer (an MPI without them raises); ``False``: always plain
+            ``Allreduce``.
+        persistent_min_bytes: the size from which ``persistent=None`` uses
+            a persistent request (default 8 MiB).
 
     Raises:
         ValueError: for ``persistent=True`` on an MPI without
-            ``MPI_Allreduce_init``, or a ``persistent`` that is not a bool
-            or ``None``.
+            ``MPI_Allreduce_init``, a ``persistent`` that is not a bool or
+            ``None``, or a negative ``persistent_min_bytes``.
 
     Example:
-        >>> ex = AllreduceExchanger(comm)            # persistent where it can
+        >>> ex = AllreduceExchanger(comm)            # persistent where it pays
         >>> ex.allreduce_sum(buf); ex.allreduce_sum(buf)   # one request
         >>> ex.free()
     """
 
     name = "ar"
 
-    def __init__(self, comm, *, persistent=None):
+    def __init__(self, comm, *, persistent=None,
+                 persistent_min_bytes=8 * 2**20):
         super().__init__(comm)
         from mpi4py import MPI
 
@@ -74,6 +82,11 @@ class AllreduceExchanger(Exchanger):
             raise ValueError(
                 f"persistent={persistent!r} must be None (automatic), True or "
                 "False")
+        if not isinstance(persistent_min_bytes, int) or \
+                persistent_min_bytes < 0:
+            raise ValueError(
+                f"persistent_min_bytes={persistent_min_bytes!r} must be an "
+                "integer >= 0")
         available = has_persistent_allreduce()
         if persistent and not available:
             raise ValueError(
@@ -82,6 +95,9 @@ class AllreduceExchanger(Exchanger):
                 f"mpi4py {__import__('mpi4py').__version__}) lacks them. Use "
                 "persistent=None to fall back to MPI_Allreduce")
         self.persistent = available if persistent is None else persistent
+        # persistent=True: every buffer; None: from this size up
+        self.persistent_min_bytes = (0 if persistent else
+                                     persistent_min_bytes)
         self._MPI = MPI
         self._in_place = MPI.IN_PLACE
         self._sum = MPI.SUM
@@ -92,7 +108,8 @@ class AllreduceExchanger(Exchanger):
         """Sum ``buffer.data`` over all ranks in place."""
         if self.size == 1:
             return
-        if not self.persistent:
+        if not self.persistent or \
+                buffer.data.nbytes < self.persistent_min_bytes:
             self.comm.Allreduce(self._in_place, buffer.data, op=self._sum)
             return
         entry = self._requests.get(id(buffer))
