@@ -40,7 +40,7 @@ __all__ = ["MODELS", "run", "table", "main"]
 # name -> (script, default arguments, which interpreter)
 MODELS = {
     "wrn": ("zoo/keras_wresnet.py",
-            "--depth 16 --width 4 --epochs 3 --batch-size 32", "main"),
+            "--depth 16 --width 4 --epochs 10 --batch-size 32", "main"),
     "vgg": ("zoo/lasagne_vgg16.py", "--epochs 3 --batch-size 32", "theano"),
 }
 

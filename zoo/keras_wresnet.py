@@ -164,6 +164,9 @@ def main(argv=None):
               f"rank, {steps} steps per epoch, {sync.ctx.threads} thread(s) "
               "per rank", flush=True)
 
+    # Ranks finish importing and building at different times: start the
+    # clock together, or samples/s counts rank 0 waiting for the others.
+    sync.ctx.barrier()
     start = time.perf_counter()
     history = model.fit(x_tr, y_tr, batch_size=args.batch_size,
                         epochs=args.epochs, validation_data=(x_te, y_te),
