@@ -214,18 +214,23 @@ def exchange_inputs(data, *, op=None):
 
     Args:
         data: the parsed JSON.
-        op: the column fitted; default the shipped ``ar`` (``ar_p``) where
-            present, else ``ar``.
+        op: the column fitted; default the ``ar`` exchanger as shipped: the
+            ``ar`` column below ``persistent_min_bytes`` (8 MiB) and
+            ``ar_p`` (persistent) from there up, where both were timed.
 
     Returns:
         dict: alpha, bandwidth, pack_per_byte, ranks, op, points.
     """
     results = data["results"]
     ranks = int(data["meta"]["ranks"])
-    if op is None:
-        op = "ar_p" if "ar_p" in results[0]["median_ms"] else "ar"
     n = [r["bytes"] for r in results]
-    t = [r["median_ms"][op] / 1e3 for r in results]
+    if op is None and "ar_p" in results[0]["median_ms"]:
+        op = "ar (shipped)"
+        t = [r["median_ms"]["ar_p" if r["bytes"] >= 8 * 2**20 else "ar"]
+             / 1e3 for r in results]
+    else:
+        op = op or "ar"
+        t = [r["median_ms"][op] / 1e3 for r in results]
     alpha, bandwidth = fit_latency_bandwidth(n, t, ranks)
     pack = [r["median_ms"]["pack"] / 1e3 for r in results]
     # the pack is one pass over memory: cost per byte from the largest size
@@ -238,17 +243,19 @@ def exchange_inputs(data, *, op=None):
 def table(rows):
     """Speedup table: one line per model, network and rule; p in columns."""
     ranks = rows[0]["ranks"]
-    head = (f"{'model':<10} {'network':<9} {'rule':<17} "
+    w = max([5] + [len(r["model"]) for r in rows])
+    head = (f"{'model':<{w}} {'network':<9} {'rule':<17} "
             + " ".join(f"{p:>6}" for p in ranks))
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model']:<10} {r['network']:<9} {r['rule']:<17} "
+        lines.append(f"{r['model']:<{w}} {r['network']:<9} {r['rule']:<17} "
                      + " ".join(f"{s:>6.1f}" for s in r["speedup"]))
     return "\n".join(lines)
 
 
 def plot(rows, path):
-    """Speedup against ranks, one panel per model and network."""
+    """Parallel efficiency ``S(p) / p`` against ranks, one panel per model
+    and network (a log-log speedup plot hides the differences)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,23 +265,24 @@ def plot(rows, path):
     nets = [n for n in dict.fromkeys(r["network"] for r in rows)
             if n != "measured"]
     fig, axes = plt.subplots(len(models), len(nets), squeeze=False,
-                             figsize=(5.5 * len(nets), 4 * len(models)))
+                             figsize=(5.5 * len(nets), 3.6 * len(models)))
     for i, model in enumerate(models):
         for j, net in enumerate(nets):
             ax = axes[i][j]
             sel = [r for r in rows if r["model"] == model
                    and r["network"] == net]
             ranks = sel[0]["ranks"]
-            ax.plot(ranks, ranks, color="0.7", ls=":", label="ideal (p)")
             for r in sel:
-                ax.plot(r["ranks"], r["speedup"], marker="o", ms=3,
-                        label=r["rule"])
-            ax.set(xscale="log", yscale="log", xlabel="ranks p",
-                   ylabel="speedup (samples/s vs 1 rank)",
+                ax.plot(r["ranks"], [s / p for s, p in zip(r["speedup"],
+                                                           r["ranks"])],
+                        marker="o", ms=3, label=r["rule"])
+            ax.set(xscale="log", ylim=(0, 1.05), xlabel="ranks p",
+                   ylabel="efficiency S(p) / p",
                    title=f"{model}, ring allreduce on {net}")
             ax.set_xticks(ranks)
             ax.set_xticklabels([str(p) for p in ranks], fontsize=7)
-            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -80,7 +80,7 @@ def test_exchange_benchmark_runs_on_two_ranks(tmp_path):
         k: 2 * v for k, v in row["median_ms"].items()})
     inputs = scaling_model.exchange_inputs(
         {"meta": data["meta"], "results": [row, slower]})
-    assert inputs["op"] == ("ar_p" if "ar_p" in ops else "ar")
+    assert inputs["op"] == ("ar (shipped)" if "ar_p" in ops else "ar")
     assert inputs["ranks"] == 2 and inputs["bandwidth"] > 0
 
 
