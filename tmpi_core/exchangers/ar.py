@@ -34,15 +34,16 @@ class AllreduceExchanger(Exchanger):
     call. Where the MPI has persistent collectives (MPI-4
     ``MPI_Allreduce_init``), a buffer of ``persistent_min_bytes`` or more
     gets one persistent request, made on its first exchange and reused
-    (``Start``/``Wait``) on every later one. MPICH's blocking
-    ``MPI_Allreduce`` allocates a scratch buffer of the message's size on
-    every call, and above glibc's 32 MiB mmap threshold that is a fresh
-    ``mmap`` whose pages fault in every time; the persistent request
-    allocates it once: 2.3x faster from 32 MiB up on 2 ranks of one host.
-    Below 8 MiB the persistent request was 0-12 % slower than the blocking
-    call (its scratch buffer is cold where the blocking call reuses a warm
-    one), from 8 to 24 MiB they were equal (``benchmarks/RESULTS.md``). The
-    price is that scratch buffer, held per fused buffer while it lives.
+    (``Start``/``Wait``) on every later one. On 2 ranks of one host with
+    MPICH it is 2.3-3x faster from 32 MiB up: the blocking ``MPI_Allreduce``
+    allocates a scratch buffer on every call, which beyond glibc's mmap
+    threshold is a fresh ``mmap`` whose pages fault in every time (16,385
+    minor faults per call at 128 MiB), and even without those faults it is
+    1.5-1.8x slower there; the persistent request sets up its scratch and
+    schedule once. Below 8 MiB, between other work that leaves the caches
+    cold, the persistent request was 0-14 % slower than the blocking call;
+    from 8 to 24 MiB they were equal (``benchmarks/RESULTS.md``). The price
+    is the request's scratch buffer, held while its fused buffer lives.
 
     A request is freed when its buffer is garbage-collected, when the
     buffer's ``data`` array is replaced, or by :meth:`free`; a later
