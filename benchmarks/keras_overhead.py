@@ -92,6 +92,10 @@ def parse_args(argv=None):
                    help="untimed fits of each way first (default 1)")
     p.add_argument("--json", default=None,
                    help="write the figures (rank 0) to this JSON file")
+    p.add_argument("--record", default=None, metavar="RUN_DIR",
+                   help="TMPISync(record=RUN_DIR): calc / comm / wait per "
+                        "synchronised step (tmpi-report RUN_DIR); adds a "
+                        "barrier per step")
     args = p.parse_args(argv)
     for name in ("batch_size", "repeats", "input_size", "channels",
                  "classes"):
@@ -126,7 +130,7 @@ def main(argv=None):
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
-    sync = tmpi_keras.TMPISync("bsp")
+    sync = tmpi_keras.TMPISync("bsp", record=args.record)
     timer = StepTimer()
     if ctx.rank == 0:
         print(f"{model.name}: {trainable:,} trainable parameters "
