@@ -31,23 +31,30 @@ def _results(out, ranks):
     return [json.load(open(out / f"rank{r}.json")) for r in range(ranks)]
 
 
+def _seconds_since_kill(out):
+    """Seconds from the rank's SIGKILL to now (the launcher has returned)."""
+    return time.time() - float((out / "killed_at").read_text())
+
+
 def _latest(ckpt):
     names = sorted(n for n in os.listdir(ckpt) if n.startswith("ckpt-"))
     assert names, f"no checkpoint in {ckpt}"
     return read_checkpoint(os.path.join(ckpt, names[-1]))
 
 
-@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["adam"])   # momentum: graph tests
 def test_bsp_resume_after_kill_equals_uninterrupted(tmp_path, optimizer):
     whole, _, out = _run(tmp_path / "a", 2, "--optimizer", optimizer)
     reference = _results(out, 2)
     ckpt = tmp_path / "ckpt"
-    proc, elapsed, _ = _run(tmp_path / "b", 2, "--optimizer", optimizer,
-                            "--ckpt", ckpt, "--kill", "2:3", check=False)
+    proc, _, killed = _run(tmp_path / "b", 2, "--optimizer", optimizer,
+                           "--ckpt", ckpt, "--kill", "2:3", check=False)
     assert proc.returncode != 0
-    assert elapsed < KILL_LIMIT + 15          # imports included
-    meta, shared, _ = _latest(ckpt)
+    assert _seconds_since_kill(killed) < KILL_LIMIT
+    meta, shared, locals_ = _latest(ckpt)
     assert meta["epoch"] == 2 and meta["ranks"] == 2
+    # BSP on gradients keeps ranks equal: the model is stored once
+    assert not any(k.startswith("model/") for k in locals_.get(0, {}))
     assert meta["step"] == 2 * 6                # 48 samples / 8 per batch
     assert "model/0" in shared and "optimizer/0" in shared
     _, _, out = _run(tmp_path / "c", 2, "--optimizer", optimizer,
@@ -76,8 +83,8 @@ def test_bsp_resumes_on_other_rank_count_with_a_warning(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+# BSP on gradients: test_bsp_resume_after_kill_equals_uninterrupted
 RULES = [
-    ("bsp", "{}", 2),
     ("bsp", '{"mode": "params", "every": 2}', 2),
     ("easgd", '{"tau": 2, "synchronous": true}', 2),
     ("easgd", '{"tau": 2}', 3),
@@ -86,17 +93,17 @@ RULES = [
 
 
 @pytest.mark.parametrize("rule,options,ranks", RULES,
-                         ids=["bsp", "bsp-params", "easgd-sync",
+                         ids=["bsp-params", "easgd-sync",
                               "easgd-async", "gosgd"])
 def test_kill_one_rank_ends_job_and_checkpoint_resumes(tmp_path, rule,
                                                        options, ranks):
     ckpt = tmp_path / "ckpt"
     common = ("--rule", rule, "--options", options, "--ckpt", ckpt,
               "--n", str(48 * ranks))
-    proc, elapsed, _ = _run(tmp_path / "a", ranks, *common, "--kill", "2:3",
-                            "--fault-rank", ranks - 1, check=False)
+    proc, _, killed = _run(tmp_path / "a", ranks, *common, "--kill", "2:3",
+                           "--fault-rank", ranks - 1, check=False)
     assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert elapsed < KILL_LIMIT + 15
+    assert _seconds_since_kill(killed) < KILL_LIMIT
     meta, shared, locals_ = _latest(ckpt)
     assert meta["rule"]["rule"] == rule
     # Asynchronous EASGD counts epochs in exchanges served (the workers'
@@ -104,10 +111,7 @@ def test_kill_one_rank_ends_job_and_checkpoint_resumes(tmp_path, rule,
     assert 1 <= meta["epoch"] <= (3 if meta.get("center_only") else 2)
     if meta.get("center_only"):
         assert "center/0" in shared
-    elif rule == "bsp" and "params" not in options:
-        assert "model/0" in shared and not any(
-            k.startswith("model/") for k in locals_.get(0, {}))
-    else:
+    else:                    # ranks differ: every rank's model is stored
         assert sorted(locals_) == list(range(ranks))
         assert all("model/0" in locals_[r] for r in range(ranks))
     _, _, out = _run(tmp_path / "b", ranks, *common)

@@ -11,12 +11,13 @@ import importlib
 import json
 import os
 import signal
+import time
 
 import numpy as np
 
 from gmodels import build
 from kmodels import make_data
-from tmpi_core import get_context, shard
+from tmpi_core import Interrupted, get_context, shard
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
@@ -30,6 +31,10 @@ p.add_argument("--epochs", type=int, default=4)
 p.add_argument("--steps", type=int, default=5, help="per epoch")
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--kill", default=None, metavar="EPOCH:STEP")
+p.add_argument("--mark", default=None, metavar="EPOCH:STEP",
+               help="rank 0 writes DIR/marker there (the test then sends "
+               "SIGINT to the launcher)")
+p.add_argument("--slow", type=float, default=0.0, help="sleep per step")
 args = p.parse_args()
 
 ctx = get_context()
@@ -48,9 +53,19 @@ served = args.entry == "updates" and ckpt.serve(every_exchanges=4)
 for epoch in range(start, 0 if served else args.epochs):
     for k in range(args.steps):
         if (epoch, k) == kill and ctx.rank == ctx.size - 1:
+            with open(os.path.join(args.out, "killed_at"), "w") as f:
+                f.write(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
         sl = slice(k * args.batch, (k + 1) * args.batch)
         train(x[sl].astype(params[0].dtype), y[sl].astype(np.int32))
+        if args.mark and (epoch, k) == tuple(map(int, args.mark.split(":"))) \
+                and ctx.rank == 0:
+            with open(os.path.join(args.out, "marker"), "w") as f:
+                f.write("ready")
+        time.sleep(args.slow)
+        if ckpt.stop_requested():
+            ckpt.save(epoch=epoch, batch=k + 1, interrupted=True)
+            raise Interrupted(f"stopped at epoch {epoch} step {k}")
     if getattr(getattr(updates, "rule", None), "role", "peer") == "peer":
         ckpt.save(epoch=epoch + 1)
 if args.entry == "updates":

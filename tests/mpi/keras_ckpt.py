@@ -65,6 +65,8 @@ class Faults(keras.callbacks.Callback):
         if rank != args.fault_rank:
             return
         if here == _at(args.kill):
+            with open(os.path.join(args.out, "killed_at"), "w") as f:
+                f.write(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
         if here == _at(args.raise_at):
             raise RuntimeError(f"injected failure on rank {rank} at {here}")
