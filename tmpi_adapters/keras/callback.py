@@ -45,8 +45,8 @@ class TMPISync(keras.callbacks.Callback):
     Checkpoints (``checkpoint=DIR``): rank 0 writes the model, optimizer
     state, rule state, next epoch and random states atomically at the end
     of every ``checkpoint_every``-th epoch, and once more when the job is
-    interrupted (Ctrl-C on ``mpiexec``, SIGTERM): the ranks agree at the
-    next batch end, stop together, write it and raise
+    interrupted (Ctrl-C on ``mpiexec``, SIGTERM): the ranks agree within
+    two batch ends, stop at the same batch, write it and raise
     :class:`tmpi_core.Interrupted` (a ``KeyboardInterrupt``).
     Training resumes from the newest checkpoint in ``DIR`` by itself; pass
     ``initial_epoch=sync.resume_epoch()`` to ``fit`` so the epochs count on.

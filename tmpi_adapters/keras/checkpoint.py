@@ -9,8 +9,8 @@ the others store every rank's own model and optimizer state.
 When checkpoints are written:
 * at the end of every ``every``-th epoch (collective, rank 0 writes);
 * when the job is interrupted (``SIGINT``/``SIGTERM``, Ctrl-C on the
-  launcher, which forwards it to every rank): the ranks agree at the next
-  batch end, stop together, write one final checkpoint and raise
+  launcher, which forwards it to every rank): the ranks agree within two
+  batch ends, stop at the same batch, write one final checkpoint and raise
   :class:`tmpi_core.Interrupted` (a ``KeyboardInterrupt``);
 * asynchronous EASGD: the server writes the center by itself, once per
   epoch's worth of exchanges, and at the end; workers resume from the center.
@@ -67,6 +67,8 @@ class Checkpointing:
         self._previous_handlers = {}
         self._server_epoch = 0
         self._resumed_from = None
+        self._flags = np.zeros(2)
+        self._request = None
 
     # -- resume -------------------------------------------------------------
     def resume_epoch(self):
@@ -170,17 +172,34 @@ class Checkpointing:
         self._interrupted.append(signum)
 
     def after_batch(self, model, batch, role):
-        """Agree on stopping (peers: one tiny collective per batch)."""
+        """Agree on stopping (peers: one tiny non-blocking allreduce per
+        batch, decided one batch later)."""
         self._batch = batch + 1
-        if role == "peer":
-            flag = np.array([1.0 if self._interrupted else 0.0])
-            self.sync.ctx.allreduce_sum(flag)
-            stop = flag[0] > 0
-        else:
-            stop = bool(self._interrupted)
+        stop = self._agree() if role == "peer" else bool(self._interrupted)
         if stop and not self._stopping:
             self._stopping = True
             model.stop_training = True
+
+    def _agree(self):
+        # Decide on the flags every rank posted one batch ago, then post
+        # this batch's: the ranks stop at the same batch, and a rule whose
+        # ranks do not wait for each other (GoSGD) gets one batch of slack
+        # instead of a barrier per batch.
+        from mpi4py import MPI
+
+        stop = False
+        if self._request is not None:
+            self._request.Wait()
+            stop = bool(self._flags[1] > 0)
+        self._flags[0] = 1.0 if self._interrupted else 0.0
+        self._request = self.sync.ctx.comm.Iallreduce(
+            self._flags[0:1], self._flags[1:2], op=MPI.SUM)
+        return stop
+
+    def _complete(self):
+        if self._request is not None:
+            self._request.Wait()
+            self._request = None
 
     @property
     def stopping(self):
@@ -196,6 +215,7 @@ class Checkpointing:
     def after_training(self, model, rule):
         """After ``rule.finalize``: the server's last checkpoint; on an
         interruption, the final checkpoint and ``KeyboardInterrupt``."""
+        self._complete()
         self.disarm()
         role = rule_role(rule)
         if role == "server":
