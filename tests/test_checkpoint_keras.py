@@ -195,3 +195,20 @@ def test_resume_with_other_rule_options_is_refused(tmp_path):
     assert proc.returncode != 0
     assert proc.stdout.count("was written with rule options") == 2 or \
         proc.stderr.count("was written with rule options") >= 1
+
+
+def test_recorded_run_resumes_its_records(tmp_path):
+    ckpt, record = tmp_path / "ckpt", tmp_path / "record"
+    common = ("--ckpt", ckpt, "--record", record)
+    proc, _, _ = _run(tmp_path / "a", 2, *common, "--kill", "2:3",
+                      check=False)
+    assert proc.returncode != 0
+    _run(tmp_path / "b", 2, *common)
+    for rank in range(2):
+        lines = (record / f"rank{rank}.jsonl").read_text().splitlines()
+        steps = [json.loads(line)["step"] for line in lines]
+        # 4 epochs of 6 steps, each once: the killed run's steps after the
+        # epoch-2 checkpoint are dropped and trained again
+        assert steps == list(range(24)), steps
+        epochs = [json.loads(line)["epoch"] for line in lines]
+        assert epochs == [e for e in range(4) for _ in range(6)]

@@ -136,6 +136,9 @@ class Checkpointer:
             self._assign(source, ckpt.path)
         if rule is not None:
             restore_rule_state(rule, ckpt)
+            recorder = getattr(rule, "recorder", None)
+            if recorder is not None and recorder.is_open:
+                recorder.resume_at(rule.step)
         if "rng" in ckpt.local:
             set_rng_state(from_json_array(ckpt.local["rng"]))
         return int(meta["epoch"])
@@ -189,6 +192,8 @@ class Checkpointer:
             shared.update(values)
         else:
             local.update(values)
+        if getattr(rule, "recorder", None) is not None:
+            rule.recorder.flush()
         meta = {"epoch": int(epoch), "batches_into_epoch": int(batch),
                 "interrupted": bool(interrupted),
                 "step": rule.step if rule is not None else None,

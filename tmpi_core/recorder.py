@@ -127,6 +127,7 @@ class Recorder:
         self.samples_per_step = samples_per_step
         self.verbose = verbose
         self.step = 0
+        self._empty_pending = False
         self.path = None
         self.summary = None
         self._comm = comm
@@ -189,7 +190,9 @@ class Recorder:
                 "pass record= (or Recorder()) a directory every rank can write")
         path = os.path.join(self.run_dir, f"rank{ctx.rank}.jsonl")
         opened = []
-        mine = _try(lambda: opened.append(_open_lines(path, "w")))
+        # Appending: an old file is emptied at the first step, unless a
+        # resumed run keeps its lines first (resume_at).
+        mine = _try(lambda: opened.append(_open_lines(path, "a")))
         failures = [(r, e) for r, e in enumerate(ctx.allgather(mine))
                     if e is not None]
         if failures:
@@ -201,6 +204,7 @@ class Recorder:
                 + ". Use a directory every rank can write (a shared "
                 "filesystem across hosts)")
         self._ctx, self.path, self._file = ctx, path, opened[0]
+        self._empty_pending = True
         self._config = config
         self._barrier = ctx.comm.Barrier
         self._last_end = None
@@ -248,6 +252,7 @@ class Recorder:
         if begin is None:
             begin = self._last_end if self._last_end is not None else now
         comm, wait = self._comm_s, self._wait_s
+        self._empty_old()
         line = {"step": self.step}
         if epoch is not None:
             line["epoch"] = int(epoch)
@@ -290,6 +295,7 @@ class Recorder:
             return None
         if self._file is None:
             return self.summary
+        self._empty_old()
         self._file.close()
         self._file = None
         self._last_end = None        # the next step counts from its exchange
@@ -303,7 +309,44 @@ class Recorder:
         self.summary = summary
         return summary
 
+    def flush(self):
+        """Write this rank's buffered lines to disk now (checkpoints call it,
+        so the records up to a checkpoint survive a kill)."""
+        if self._file is not None:
+            self._empty_old()
+            self._file.flush()
+
+    def resume_at(self, step):
+        """Continue a run resumed from a checkpoint taken at ``step``.
+
+        Keeps this rank's lines before ``step`` (those after it were
+        recorded after the checkpoint, by the run that died, and are
+        trained again), and numbers the next step ``step``. The adapters
+        call it when they restore a checkpoint. Not collective.
+
+        Args:
+            step: the restored step count (``rule.step``).
+        """
+        if self._file is None:
+            raise RuntimeError("resume_at() needs an open recorder")
+        self._file.flush()
+        kept = [r for r in _read_lines(self.path) if r.get("step", 0) < step]
+        self._file.close()
+        temp = f"{self.path}.tmp{os.getpid()}"
+        with open(temp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(temp, self.path)
+        self._file = _open_lines(self.path, "a")
+        self._empty_pending = False
+        self.step = int(step)
+
     # -- helpers ---------------------------------------------------------
+    def _empty_old(self):
+        if self._empty_pending:
+            self._file.flush()
+            self._file.truncate(0)
+            self._empty_pending = False
+
     def _resolve_context(self, ctx):
         if ctx is None:
             return get_context(self._comm)

@@ -36,6 +36,7 @@ p.add_argument("--raise", dest="raise_at", default=None, metavar="EPOCH:BATCH")
 p.add_argument("--mark", default=None, metavar="EPOCH:BATCH")
 p.add_argument("--fault-rank", type=int, default=1)
 p.add_argument("--slow", type=float, default=0.0, help="sleep per batch")
+p.add_argument("--record", default=None, help="TMPISync(record=DIR)")
 args = p.parse_args()
 
 rank, size = tmpi_keras.rank(), tmpi_keras.size()
@@ -45,6 +46,7 @@ model = compile_model(make_model(100 + rank), make_optimizer(args.optimizer))
 sync = tmpi_keras.TMPISync(args.rule, checkpoint=args.ckpt,
                            checkpoint_every=args.every,
                            checkpoint_keep=args.keep,
+                           record=args.record,
                            **json.loads(args.options))
 
 

@@ -124,6 +124,7 @@ class Checkpointing:
                       for i in range(len(self.sync._weights))]
             _bridge.write(self.sync._weights, center)
             restore_rule_state(rule, ckpt)
+            _resume_recorder(rule)
             return True
         source = ckpt.shared if "model/0" in ckpt.shared else ckpt.local
         _assign(model.variables, source, "model", ckpt.path)
@@ -134,6 +135,7 @@ class Checkpointing:
                 optimizer.build(model.trainable_variables)
             _assign(optimizer.variables, source, "optimizer", ckpt.path)
         restore_rule_state(rule, ckpt)
+        _resume_recorder(rule)
         if "rng" in ckpt.local:
             set_rng_state(from_json_array(ckpt.local["rng"]))
         return True
@@ -255,6 +257,8 @@ class Checkpointing:
         else:
             shared = rule_shared
             local.update(model_arrays)
+        if getattr(rule, "recorder", None) is not None:
+            rule.recorder.flush()
         meta = {"epoch": epoch, "step": rule.step, "rule": rule.config(),
                 "interrupted": interrupted,
                 "batches_into_epoch": self._batch if interrupted else 0,
@@ -289,6 +293,12 @@ class Checkpointing:
                 "interrupted": interrupted, "batches_into_epoch": 0,
                 "backend": _bridge.backend_name(), "center_only": True}
         return self.store.save_local(shared, meta=meta)
+
+
+def _resume_recorder(rule):
+    recorder = getattr(rule, "recorder", None)
+    if recorder is not None and recorder.is_open:
+        recorder.resume_at(rule.step)
 
 
 def rule_role(rule):
