@@ -29,6 +29,13 @@ Launch it under MPI yourself, from the repository root::
   every message sent was received exactly once, the total weight was 1,
   weights restart at ``1/p``, and every rank holds the same consensus,
   equal to that expected weighted sum.
+* **EASGD, asynchronous**: rank 0 serves the center while every worker
+  runs 20,000 local steps (``tau = 1``, 0.30 MiB of parameters, a random
+  0-0.2 ms sleep per step): every exchange served exactly once (the
+  server's count equals the workers' sum), the center moved by exactly the
+  elastic differences the workers received (the server's running sum of
+  them against the workers' sums), and every rank holds the same center
+  after ``finalize``.
 * **GoSGD, long**: one run of 200,000 steps as in training (default
   options, ``p = 1``, 4 KiB of parameters, no sleeps): every message
   delivered, total weight 1, the same consensus on every rank, equal to the
@@ -76,12 +83,13 @@ from exchange import wrn_param_shapes  # noqa: E402
 from tmpi_core.buffer import FlatBuffer  # noqa: E402
 from tmpi_core.context import get_context  # noqa: E402
 from tmpi_core.rules.bsp import BSP  # noqa: E402
+from tmpi_core.rules.easgd import EASGD  # noqa: E402
 from tmpi_core.rules.gosgd import GoSGD  # noqa: E402
 
 __all__ = ["RSSMeter", "Watchdog", "main", "soak_bsp", "soak_gosgd"]
 
 MiB = 2.0**20
-PARTS = ("bsp", "gosgd", "gosgd-long")
+PARTS = ("bsp", "gosgd", "gosgd-long", "easgd")
 
 
 # -- resident memory ---------------------------------------------------------
@@ -485,6 +493,92 @@ def soak_gosgd_long(ctx, args, watchdog):
                     ", ".join(why))
 
 
+def soak_easgd(ctx, args, watchdog):
+    """Asynchronous EASGD: the server serves ``args.easgd_steps`` local steps
+    of every worker; returns rank 0's verdict."""
+    rank, size, comm = ctx.rank, ctx.size, ctx.comm
+    x = FlatBuffer([shape for _, shape in wrn_param_shapes(10, 1)])
+    x.data[:] = np.linspace(-1.0, 1.0, x.size) * (rank + 1)
+    rule = EASGD(tau=args.easgd_tau)
+    for mine, start in zip(x.views, rule.start(list(x.views))):
+        np.copyto(mine, start)                      # rank 0's, everywhere
+    c0 = x.data.astype(np.float64)
+    steps = args.easgd_steps
+    rss = RSSMeter()
+    rng = np.random.default_rng(args.seed + rank)
+    every = max(1, args.sample_every)
+    watchdog.beat("easgd start")
+    t0 = time.perf_counter()
+    if rule.role == "server":
+        total = (size - 1) * (steps // args.easgd_tau)
+        warmup = _warmup(total, args.warmup, 10)
+
+        def on_exchange(exchanges, center):
+            if exchanges % every == 0:
+                rss.sample(exchanges)
+                watchdog.beat(f"easgd exchange {exchanges}")
+                if exchanges % (every * 50) == 0:
+                    print(f"  easgd: {exchanges}/{total} exchanges served",
+                          flush=True)
+        rule.serve(on_exchange=on_exchange)
+    else:
+        warmup = _warmup(steps, args.warmup, 10)
+        target = np.float32(rank)
+        for step in range(steps):
+            x.data += np.float32(0.01) * (target - x.data)   # a local step
+            if args.easgd_max_delay_ms:
+                time.sleep(rng.uniform(0, args.easgd_max_delay_ms) / 1e3)
+            new = rule.end_step(x.views if rule.wants_params() else None)
+            if new is not None:
+                for mine, merged in zip(x.views, new):
+                    np.copyto(mine, merged)
+            if step % every == 0:
+                rss.sample(step)
+                watchdog.beat(f"easgd step {step}")
+    seconds = time.perf_counter() - t0
+    for mine, merged in zip(x.views, rule.finalize(list(x.views))):
+        np.copyto(mine, merged)
+    gathered = comm.gather(
+        {"role": rule.role, "exchanges": rule.exchanges,
+         "elastic": rule.elastic_total.astype(np.float64),
+         "moved": x.data.astype(np.float64) - c0,
+         "digest": hashlib.blake2b(x.data, digest_size=16).digest(),
+         "rss": rss.summary(warmup)}, root=0)
+    rss.close()
+    if rank != 0:
+        return {}
+    server = gathered[0]
+    workers = gathered[1:]
+    served = server["exchanges"]
+    made = sum(w["exchanges"] for w in workers)
+    expected = (size - 1) * (steps // args.easgd_tau)
+    received = sum(w["elastic"] for w in workers)
+    scale = max(1e-6, float(np.abs(server["elastic"]).max()))
+    # float32 sums of the same differences in other orders: each of the
+    # `served` additions may round by 2^-24 of the running sum. The counts
+    # above catch a lost or doubled exchange; this catches a corrupted one.
+    e_err = float(np.abs(server["elastic"] - received).max()) / scale
+    m_err = float(np.abs(server["moved"] - server["elastic"]).max()) / scale
+    tol = max(1e-6, served * 2.0**-24)
+    mem = _memory_figures([g["rss"] for g in gathered], args.bound_mb)
+    why = [w for w, bad in (
+        ("exchanges lost", not served == made == expected),
+        ("elastic sums differ", not e_err <= tol),
+        ("center not moved by the elastic sum", not m_err <= tol),
+        ("centers differ", any(g["digest"] != server["digest"]
+                               for g in gathered)),
+    ) if bad]
+    figures = {
+        "ranks": size, "steps": steps, "tau": args.easgd_tau,
+        "seconds": round(seconds, 2), "exchanges": served,
+        "exchanges_per_s": round(served / seconds, 1),
+        "params_mib": round(x.nbytes / MiB, 2), "elastic_rel_err": e_err,
+        "center_rel_err": m_err, "rel_tol": tol, **mem,
+    }
+    return _verdict("easgd", not why and mem["rss_ok"], figures,
+                    ", ".join(why))
+
+
 def _steal_message(comm):
     """Test hook: receive and drop one gossip message (a lost message)."""
     from mpi4py import MPI
@@ -620,6 +714,12 @@ def _parse_args(argv):
                    help="push probability of the long GoSGD run")
     p.add_argument("--long-size", type=int, default=1024,
                    help="float32 parameters of the long GoSGD run")
+    p.add_argument("--easgd-steps", type=int, default=20000,
+                   help="asynchronous EASGD: local steps per worker")
+    p.add_argument("--easgd-tau", type=int, default=1,
+                   help="asynchronous EASGD: steps between exchanges")
+    p.add_argument("--easgd-max-delay-ms", type=float, default=0.2,
+                   help="asynchronous EASGD: most random sleep per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None,
                    help="rank 0 writes the verdicts and every rank's RSS "
@@ -667,9 +767,9 @@ def main(argv=None):
     """
     args = _parse_args(argv)
     ctx = get_context()
-    if {"gosgd", "gosgd-long"} & set(args.parts) and ctx.size < 2:
+    if {"gosgd", "gosgd-long", "easgd"} & set(args.parts) and ctx.size < 2:
         if ctx.rank == 0:
-            print("SOAK FAIL gosgd needs at least 2 ranks: launch with "
+            print("SOAK FAIL gosgd and easgd need at least 2 ranks: launch with "
                   "mpiexec -n 2 or more", flush=True)
         return 2
     if ctx.rank == 0:
@@ -687,6 +787,8 @@ def main(argv=None):
         results.append(soak_gosgd(ctx, args, watchdog))
     if "gosgd-long" in args.parts:
         results.append(soak_gosgd_long(ctx, args, watchdog))
+    if "easgd" in args.parts:
+        results.append(soak_easgd(ctx, args, watchdog))
     watchdog.stop()
     ok = ctx.comm.bcast(all(r["ok"] for r in results) if ctx.rank == 0
                         else None, root=0)

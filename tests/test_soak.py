@@ -36,10 +36,12 @@ def verdicts(stdout):
 def test_short_soak_passes_with_its_figures():
     proc = run_mpi(SOAK, 2, "--bsp-steps", 2000, *SMALL_BSP,
                    "--gosgd-runs", 50, "--long-steps", 40000,
+                   "--easgd-steps", 2000,
                    "--warmup", 0.2, "--stall-s", 60, timeout=150)
     assert re.search(r"^SOAK PASS", proc.stdout, re.M), proc.stdout
     v = verdicts(proc.stdout)
-    assert set(v) == {"bsp-grads", "bsp-params", "gosgd", "gosgd-long"}
+    assert set(v) == {"bsp-grads", "bsp-params", "gosgd", "gosgd-long",
+                      "easgd"}
     for part, (verdict, f) in v.items():
         assert verdict == "PASS", (part, f)
         assert f["ranks"] == 2
@@ -58,6 +60,10 @@ def test_short_soak_passes_with_its_figures():
     _, f = v["gosgd-long"]
     assert f["steps"] == 40000 and f["messages"] == f["received"] == 80000
     assert f["consensus_rel_err"] <= f["consensus_tol"]
+    _, f = v["easgd"]                     # one worker at 2 ranks, tau = 1
+    assert f["steps"] == 2000 and f["exchanges"] == 2000
+    assert f["elastic_rel_err"] <= f["rel_tol"]
+    assert f["center_rel_err"] <= f["rel_tol"]
 
 
 def test_long_gossip_keeps_the_consensus_on_three_ranks():
