@@ -212,3 +212,14 @@ def test_recorded_run_resumes_its_records(tmp_path):
         assert steps == list(range(24)), steps
         epochs = [json.loads(line)["epoch"] for line in lines]
         assert epochs == [e for e in range(4) for _ in range(6)]
+
+
+def test_gosgd_checkpoint_refuses_another_rank_count(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    common = ("--rule", "gosgd", "--options", '{"p": 0.5, "seed": 4}',
+              "--ckpt", ckpt)
+    _run(tmp_path / "a", 2, *common, "--epochs", "1")
+    proc, _, _ = _run(tmp_path / "b", 3, *common, "--n", "144", check=False)
+    assert proc.returncode != 0
+    message = "was written by 2 ranks; GoSGD resumes only on as many ranks"
+    assert (proc.stdout + proc.stderr).count(message) >= 3, proc.stderr[-2000:]

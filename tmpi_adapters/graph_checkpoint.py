@@ -27,8 +27,8 @@ import warnings
 
 import numpy as np
 
-from tmpi_core.checkpoint import (Checkpointer as _Store, from_json_array,
-                                  get_rng_state, json_array,
+from tmpi_core.checkpoint import (Checkpointer as _Store, ResumeError,
+                                  from_json_array, get_rng_state, json_array,
                                   restore_rule_state, rule_state_arrays,
                                   set_rng_state)
 from tmpi_core.context import get_context
@@ -112,12 +112,12 @@ class Checkpointer:
             differ = sorted(k for k in set(ours) | set(theirs)
                             if ours.get(k) != theirs.get(k) and k != "tmpi")
             if differ:
-                raise ValueError(
+                raise ResumeError(
                     f"checkpoint {ckpt.path} was written with rule options "
                     f"{theirs}; this run has {ours} (they differ in {differ})")
         if not ckpt.same_ranks:
             if rule is not None and rule.name != "bsp":
-                raise ValueError(
+                raise ResumeError(
                     f"checkpoint {ckpt.path} was written by {ckpt.ranks} "
                     f"ranks; {rule.title} resumes only on as many")
             if self.ctx.rank == 0:
@@ -146,7 +146,7 @@ class Checkpointer:
     def _assign(self, source, path):
         count = sum(1 for k in source if k.startswith("var/"))
         if count != len(self.variables):
-            raise ValueError(
+            raise ResumeError(
                 f"checkpoint {path} holds {count} shared variables; these "
                 f"updates have {len(self.variables)}: resume with the model "
                 "and update rule that wrote it")
@@ -154,7 +154,7 @@ class Checkpointer:
             value = source[f"var/{i}"]
             current = v.get_value(borrow=True)
             if np.shape(value) != np.shape(current):
-                raise ValueError(
+                raise ResumeError(
                     f"checkpoint {path}: variable {i} ({v.name}) has shape "
                     f"{np.shape(value)} there and {np.shape(current)} here")
             v.set_value(np.asarray(value, dtype=np.asarray(current).dtype))

@@ -13,7 +13,7 @@ Example:
 from tmpi_core.broadcast import broadcast_arrays
 from tmpi_core.buffer import FlatBuffer
 from tmpi_core.checkpoint import (Checkpoint, CheckpointError, Checkpointer,
-                                  Interrupted)
+                                  Interrupted, ResumeError)
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.context import Context, get_context, install_abort_hook
 from tmpi_core.data import (load_cifar10, load_dataset, load_digits,
@@ -43,6 +43,7 @@ __all__ = [
     "NonFiniteError",
     "RULES",
     "Recorder",
+    "ResumeError",
     "Rule",
     "broadcast_arrays",
     "check_same_across_ranks",

@@ -26,6 +26,7 @@ from tmpi_core._version import __version__
 from tmpi_core.context import get_context
 
 __all__ = ["Checkpoint", "CheckpointError", "Checkpointer", "Interrupted",
+           "ResumeError",
            "get_rng_state", "read_checkpoint", "rule_state_arrays",
            "restore_rule_state", "set_rng_state"]
 
@@ -36,6 +37,14 @@ _META = "__meta__"
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read (raised on every rank)."""
+
+
+class ResumeError(ValueError):
+    """A checkpoint that does not fit this run (another model, rule or
+    number of ranks). Every rank reads the same checkpoint and raises it
+    together, so the job ends without an MPI abort and every rank says why."""
+
+    on_every_rank = True
 
 
 class Interrupted(KeyboardInterrupt):

@@ -24,8 +24,8 @@ import keras
 import numpy as np
 
 from tmpi_adapters.keras import _bridge
-from tmpi_core.checkpoint import (Checkpointer, Interrupted, from_json_array,
-                                  get_rng_state, json_array,
+from tmpi_core.checkpoint import (Checkpointer, Interrupted, ResumeError,
+                                  from_json_array, get_rng_state, json_array,
                                   restore_rule_state, rule_state_arrays,
                                   set_rng_state)
 
@@ -97,14 +97,14 @@ class Checkpointing:
             differ = sorted(k for k in set(ours) | set(meta.get("rule", {}))
                             if ours.get(k) != meta.get("rule", {}).get(k))
             if set(differ) - {"tmpi"}:
-                raise ValueError(
+                raise ResumeError(
                     f"checkpoint {ckpt.path} was written with rule options "
                     f"{meta.get('rule')}; this run has {ours} (they differ in "
                     f"{differ}). Resume with the same rule, or start a new "
                     "checkpoint directory")
         if not ckpt.same_ranks:
             if rule.name != "bsp":
-                raise ValueError(
+                raise ResumeError(
                     f"checkpoint {ckpt.path} was written by {ckpt.ranks} "
                     f"ranks; {rule.title} resumes only on as many ranks "
                     f"(this job has {self.sync.ctx.size}). BSP resumes on "
@@ -315,14 +315,14 @@ def _assign(variables, source, prefix, path):
                   key=lambda k: int(k.split("/", 1)[1]))
     variables = list(variables)
     if len(keys) != len(variables):
-        raise ValueError(
+        raise ResumeError(
             f"checkpoint {path} holds {len(keys)} {prefix} variables; this "
             f"{prefix} has {len(variables)}: resume with the model and "
             "optimizer that wrote it")
     for i, (key, v) in enumerate(zip(keys, variables)):
         value = source[key]
         if tuple(value.shape) != tuple(v.shape):
-            raise ValueError(
+            raise ResumeError(
                 f"checkpoint {path}: {prefix} variable {i} ({v.path}) has "
                 f"shape {tuple(value.shape)} in the checkpoint and "
                 f"{tuple(v.shape)} in this {prefix}")
