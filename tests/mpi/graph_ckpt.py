@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -38,6 +39,7 @@ p.add_argument("--slow", type=float, default=0.0, help="sleep per step")
 args = p.parse_args()
 
 ctx = get_context()
+RANK = ctx.rank
 dist = importlib.import_module(
     "tmpi_adapters.lasagne" if args.lib == "theano" else "tmpi_adapters.pytensor")
 x, y = make_data(args.steps * args.batch * ctx.size)
@@ -46,6 +48,19 @@ options = json.loads(args.options)
 train, params, updates = build(args.lib, args.optimizer, 100 + ctx.rank,
                                entry=args.entry, dist=dist, rule=args.rule,
                                options=options)
+# after the graph is built: PyTensor and Theano replace sys.excepthook
+_excepthook = sys.excepthook
+
+
+def _note_and_raise(exc_type, exc, tb):
+    # Each rank notes its own error in OUT/rank{r}.err (the ranks' stderr
+    # lines can interleave), then tmpi's hook reports it as usual.
+    with open(os.path.join(args.out, f"rank{RANK}.err"), "w") as f:
+        f.write(f"{exc_type.__name__}: {exc}")
+    _excepthook(exc_type, exc, tb)
+
+
+sys.excepthook = _note_and_raise
 ckpt = dist.Checkpointer(updates, args.ckpt)
 start = ckpt.restore()
 kill = tuple(map(int, args.kill.split(":"))) if args.kill else None

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import time
 
 import keras
@@ -40,6 +41,19 @@ p.add_argument("--record", default=None, help="TMPISync(record=DIR)")
 args = p.parse_args()
 
 rank, size = tmpi_keras.rank(), tmpi_keras.size()
+RANK = rank
+_excepthook = sys.excepthook
+
+
+def _note_and_raise(exc_type, exc, tb):
+    # Each rank notes its own error in OUT/rank{r}.err (the ranks' stderr
+    # lines can interleave), then tmpi's hook reports it as usual.
+    with open(os.path.join(args.out, f"rank{RANK}.err"), "w") as f:
+        f.write(f"{exc_type.__name__}: {exc}")
+    _excepthook(exc_type, exc, tb)
+
+
+sys.excepthook = _note_and_raise
 x, y = make_data(args.n)
 x, y = tmpi_keras.shard((x, y))
 model = compile_model(make_model(100 + rank), make_optimizer(args.optimizer))

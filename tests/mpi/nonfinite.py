@@ -8,6 +8,7 @@ each rank writes ``DIR/rank{r}.json`` when it gets to the end.
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -20,6 +21,19 @@ args = p.parse_args()
 ctx = get_context()
 BAD = 3
 result = {}
+
+_excepthook = sys.excepthook
+
+
+def _note_and_raise(exc_type, exc, tb):
+    # Each rank notes its own error in DIR/rank{r}.err (stderr lines of the
+    # ranks interleave), then tmpi's hook reports it as usual.
+    with open(os.path.join(args.out, f"rank{ctx.rank}.err"), "w") as f:
+        f.write(f"{exc_type.__name__}: {exc}")
+    _excepthook(exc_type, exc, tb)
+
+
+sys.excepthook = _note_and_raise
 
 if args.case.startswith(("core", "params")):
     mode = "params" if args.case.startswith("params") else "grads"
