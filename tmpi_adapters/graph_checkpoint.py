@@ -23,12 +23,11 @@ each rank's own.
 """
 
 import signal
-import warnings
 
 import numpy as np
 
 from tmpi_core.checkpoint import (Checkpointer as _Store, ResumeError,
-                                  from_json_array, get_rng_state, json_array,
+                                  check_resumable, from_json_array, get_rng_state, json_array,
                                   restore_rule_state, rule_state_arrays,
                                   set_rng_state)
 from tmpi_core.context import get_context
@@ -107,25 +106,7 @@ class Checkpointer:
             return 0
         meta = ckpt.meta
         rule = self.rule
-        if rule is not None and meta.get("rule") not in (None, rule.config()):
-            theirs, ours = meta["rule"], rule.config()
-            differ = sorted(k for k in set(ours) | set(theirs)
-                            if ours.get(k) != theirs.get(k) and k != "tmpi")
-            if differ:
-                raise ResumeError(
-                    f"checkpoint {ckpt.path} was written with rule options "
-                    f"{theirs}; this run has {ours} (they differ in {differ})")
-        if not ckpt.same_ranks:
-            if rule is not None and rule.name != "bsp":
-                raise ResumeError(
-                    f"checkpoint {ckpt.path} was written by {ckpt.ranks} "
-                    f"ranks; {rule.title} resumes only on as many")
-            if self.ctx.rank == 0:
-                warnings.warn(
-                    f"resuming a checkpoint written by {ckpt.ranks} ranks on "
-                    f"{self.ctx.size}: the global batch changes by "
-                    f"{self.ctx.size / ckpt.ranks:g}x; scale the learning "
-                    "rate to match", stacklevel=2)
+        check_resumable(ckpt, rule, self.ctx)
         if meta.get("center_only"):
             center = [ckpt.shared[f"center/{i}"]
                       for i in range(len(self._synchronised))]

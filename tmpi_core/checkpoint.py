@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -26,7 +27,7 @@ from tmpi_core._version import __version__
 from tmpi_core.context import get_context
 
 __all__ = ["Checkpoint", "CheckpointError", "Checkpointer", "Interrupted",
-           "ResumeError",
+           "ResumeError", "check_resumable",
            "get_rng_state", "read_checkpoint", "rule_state_arrays",
            "restore_rule_state", "set_rng_state"]
 
@@ -257,8 +258,6 @@ class Checkpointer:
                     return (False, f"could not read checkpoint {errors[-1]}"), {}
                 continue
             if errors:
-                import warnings
-
                 warnings.warn("skipped unreadable checkpoint(s): "
                               + "; ".join(errors), stacklevel=3)
             return (True, {"path": candidate, "meta": meta,
@@ -309,6 +308,48 @@ def read_checkpoint(path):
                 head, name = key.split("/", 1)
                 locals_.setdefault(int(head[4:]), {})[name] = npz[key]
     return meta, shared, locals_
+
+
+def check_resumable(checkpoint, rule, ctx):
+    """Refuse a checkpoint this rule cannot continue; warn on a new rank count.
+
+    Every rank holds the same checkpoint, so every rank decides alike.
+
+    Args:
+        checkpoint: a :class:`Checkpoint` from :meth:`Checkpointer.load`.
+        rule: the :class:`tmpi_core.Rule` of this run, or None (nothing to
+            compare).
+        ctx: this run's :class:`tmpi_core.Context`.
+
+    Raises:
+        ResumeError: for other rule options (the tmpi version aside), or
+            another number of ranks under a rule other than BSP.
+    """
+    theirs = checkpoint.meta.get("rule")
+    if rule is not None and theirs is not None:
+        ours = rule.config()
+        differ = sorted(k for k in set(ours) | set(theirs)
+                        if k != "tmpi" and ours.get(k) != theirs.get(k))
+        if differ:
+            raise ResumeError(
+                f"checkpoint {checkpoint.path} was written with rule options "
+                f"{theirs}; this run has {ours} (they differ in {differ}). "
+                "Resume with the same rule, or start a new checkpoint "
+                "directory")
+    if checkpoint.same_ranks:
+        return
+    if rule is not None and rule.name != "bsp":
+        raise ResumeError(
+            f"checkpoint {checkpoint.path} was written by {checkpoint.ranks} "
+            f"ranks; {rule.title} resumes only on as many ranks (this job "
+            f"has {ctx.size}). BSP resumes on any number")
+    if ctx.rank == 0:
+        warnings.warn(
+            f"resuming a checkpoint written by {checkpoint.ranks} ranks on "
+            f"{ctx.size}: the global batch changes by "
+            f"{ctx.size / checkpoint.ranks:g}x; scale the learning rate to "
+            "match (lr_scaling='linear' scales it by the number of ranks)",
+            stacklevel=3)
 
 
 def rule_state_arrays(rule, prefix="rule/"):

@@ -25,7 +25,7 @@ import numpy as np
 
 from tmpi_adapters.keras import _bridge
 from tmpi_core.checkpoint import (Checkpointer, Interrupted, ResumeError,
-                                  from_json_array, get_rng_state, json_array,
+                                  check_resumable, from_json_array, get_rng_state, json_array,
                                   restore_rule_state, rule_state_arrays,
                                   set_rng_state)
 
@@ -92,30 +92,7 @@ class Checkpointing:
         if ckpt is None:
             return False
         meta = ckpt.meta
-        if meta.get("rule") != rule.config():
-            ours = rule.config()
-            differ = sorted(k for k in set(ours) | set(meta.get("rule", {}))
-                            if ours.get(k) != meta.get("rule", {}).get(k))
-            if set(differ) - {"tmpi"}:
-                raise ResumeError(
-                    f"checkpoint {ckpt.path} was written with rule options "
-                    f"{meta.get('rule')}; this run has {ours} (they differ in "
-                    f"{differ}). Resume with the same rule, or start a new "
-                    "checkpoint directory")
-        if not ckpt.same_ranks:
-            if rule.name != "bsp":
-                raise ResumeError(
-                    f"checkpoint {ckpt.path} was written by {ckpt.ranks} "
-                    f"ranks; {rule.title} resumes only on as many ranks "
-                    f"(this job has {self.sync.ctx.size}). BSP resumes on "
-                    "any number")
-            if self.sync.ctx.rank == 0:
-                warnings.warn(
-                    f"resuming a checkpoint written by {ckpt.ranks} ranks "
-                    f"on {self.sync.ctx.size}: the global batch changes by "
-                    f"{self.sync.ctx.size / ckpt.ranks:g}x; scale the "
-                    "learning rate to match (lr_scaling='linear' scales it "
-                    "by the number of ranks)", stacklevel=2)
+        check_resumable(ckpt, rule, self.sync.ctx)
         self._epoch = int(meta["epoch"])
         self._resumed_from = ckpt
         if meta.get("center_only"):
