@@ -7,14 +7,17 @@ assertion) instead of stalling CI.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "mpi")
 
-__all__ = ["mpiexec", "run_mpi", "run_mpi_json", "ROOT", "SCRIPTS"]
+__all__ = ["mpiexec", "run_mpi", "run_mpi_interrupted", "run_mpi_json",
+           "ROOT", "SCRIPTS"]
 
 
 def mpiexec():
@@ -28,6 +31,20 @@ def mpiexec():
             "no mpiexec found; the test command installs one (pip install "
             "mpich) - run the tests with `make test`")
     return found
+
+
+def _command(script, n, args, env):
+    path = script if os.path.isabs(script) else os.path.join(SCRIPTS, script)
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT, HERE, full_env.get("PYTHONPATH", "")])
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = str(value)
+    cmd = [mpiexec(), "-n", str(n), sys.executable, path, *map(str, args)]
+    return cmd, full_env
 
 
 def run_mpi(script, n, *args, timeout=180, env=None, check=True):
@@ -44,16 +61,7 @@ def run_mpi(script, n, *args, timeout=180, env=None, check=True):
     Returns:
         subprocess.CompletedProcess with ``stdout`` and ``stderr`` as text.
     """
-    path = script if os.path.isabs(script) else os.path.join(SCRIPTS, script)
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [ROOT, HERE, full_env.get("PYTHONPATH", "")])
-    for key, value in (env or {}).items():
-        if value is None:
-            full_env.pop(key, None)
-        else:
-            full_env[key] = str(value)
-    cmd = [mpiexec(), "-n", str(n), sys.executable, path, *map(str, args)]
+    cmd, full_env = _command(script, n, args, env)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               timeout=timeout, env=full_env, cwd=ROOT)
@@ -66,6 +74,31 @@ def run_mpi(script, n, *args, timeout=180, env=None, check=True):
             f"{' '.join(cmd)} exited {proc.returncode}\n"
             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def run_mpi_interrupted(script, n, marker, *args, wait=90, timeout=60):
+    """Run ``script`` on ``n`` ranks and send SIGINT to the launcher (Ctrl-C)
+    once the file ``marker`` exists.
+
+    Returns:
+        subprocess.CompletedProcess with the launcher's exit status and
+        output, after it ended on the signal.
+    """
+    cmd, full_env = _command(script, n, args, None)
+    proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + wait
+        while not os.path.exists(marker):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"{marker} never appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def run_mpi_json(script, n, tmp_path, *args, **kwargs):

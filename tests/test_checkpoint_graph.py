@@ -1,15 +1,12 @@
 """Checkpoint and resume through the Theano/Lasagne and PyTensor adapters."""
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from mpirun import ROOT, SCRIPTS, mpiexec, run_mpi, run_mpi_json
+from mpirun import run_mpi, run_mpi_interrupted, run_mpi_json
 from test_graph_adapters import _lib
 from tmpi_core.checkpoint import read_checkpoint
 
@@ -85,26 +82,10 @@ def test_sigint_stops_every_rank_with_one_checkpoint(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     ckpt = tmp_path / "ckpt"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.dirname(SCRIPTS),
-                                         env.get("PYTHONPATH", "")])
-    cmd = [mpiexec(), "-n", "2", sys.executable,
-           os.path.join(SCRIPTS, "graph_ckpt.py"), "--out", str(out),
-           "--ckpt", str(ckpt), "--epochs", "1000", "--mark", "1:2",
-           "--slow", "0.01"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while not (out / "marker").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "never reached the marker"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = run_mpi_interrupted(
+        "graph_ckpt.py", 2, out / "marker", "--out", out, "--ckpt", ckpt,
+        "--epochs", 1000, "--mark", "1:2", "--slow", 0.01)
+    stderr = proc.stderr
     assert proc.returncode != 0
     for rank in (0, 1):
         assert (out / f"rank{rank}.err").read_text().startswith(

@@ -2,9 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -12,7 +9,7 @@ import pytest
 
 pytest.importorskip("keras", reason="the Keras adapter needs keras")
 
-from mpirun import ROOT, SCRIPTS, mpiexec, run_mpi  # noqa: E402
+from mpirun import run_mpi, run_mpi_interrupted  # noqa: E402
 from tmpi_core.checkpoint import read_checkpoint  # noqa: E402
 
 KILL_LIMIT = 30          # the bound for a killed rank
@@ -145,27 +142,11 @@ def test_sigint_to_launcher_stops_every_rank_with_one_checkpoint(
     out = tmp_path / "out"
     out.mkdir()
     ckpt = tmp_path / "ckpt"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.dirname(SCRIPTS),
-                                         env.get("PYTHONPATH", "")])
-    cmd = [mpiexec(), "-n", "2", sys.executable,
-           os.path.join(SCRIPTS, "keras_ckpt.py"), "--out", str(out),
-           "--rule", rule, "--options", options, "--ckpt", str(ckpt),
-           "--epochs", "50", "--every", "1000", "--keep", "10",
-           "--mark", "1:2", "--slow", "0.02"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while not (out / "marker").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "never reached the marker"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = run_mpi_interrupted(
+        "keras_ckpt.py", 2, out / "marker", "--out", out, "--rule", rule,
+        "--options", options, "--ckpt", ckpt, "--epochs", 50, "--every",
+        1000, "--keep", 10, "--mark", "1:2", "--slow", 0.02)
+    stderr = proc.stderr
     assert proc.returncode != 0
     for rank in (0, 1):
         assert (out / f"rank{rank}.err").read_text().startswith(
