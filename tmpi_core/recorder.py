@@ -185,9 +185,10 @@ class Recorder:
             error = _try(lambda: self._create(ctx, config, start))
         error = ctx.bcast(error, root=0)
         if error is not None:
-            raise OSError(
+            raise _on_every_rank(OSError(
                 f"cannot create the run directory {self.run_dir!r}: {error}; "
-                "pass record= (or Recorder()) a directory every rank can write")
+                "pass record= (or Recorder()) a directory every rank can "
+                "write"))
         path = os.path.join(self.run_dir, f"rank{ctx.rank}.jsonl")
         opened = []
         # Appending: an old file is emptied at the first step, unless a
@@ -198,11 +199,11 @@ class Recorder:
         if failures:
             for f in opened:
                 f.close()
-            raise OSError(
+            raise _on_every_rank(OSError(
                 f"cannot write the records in {self.run_dir!r}: " + "; ".join(
                     f"rank {r}: {e}" for r, e in failures)
                 + ". Use a directory every rank can write (a shared "
-                "filesystem across hosts)")
+                "filesystem across hosts)"))
         self._ctx, self.path, self._file = ctx, path, opened[0]
         self._empty_pending = True
         self._config = config
@@ -531,6 +532,13 @@ def _not_opened():
 
 
 # -- files and summaries -----------------------------------------------------
+
+def _on_every_rank(error):
+    # Every rank raises it together: the abort hook lets each rank print it
+    # instead of one rank's abort cutting the others' reports short.
+    error.on_every_rank = True
+    return error
+
 
 def _open_lines(path, mode):
     return open(path, mode, buffering=1 << 16, encoding="utf-8")
