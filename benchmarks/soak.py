@@ -158,11 +158,16 @@ class Watchdog:
     Args:
         comm: the communicator to abort.
         stall_s: seconds without a beat that count as a hang (0: off).
+        report_dir: if given, the rank that detects a hang also writes its
+            ``FAIL hang`` line to ``report_dir/hang.rank{r}.txt`` before
+            aborting: the launcher may tear down before it forwards the
+            aborting rank's last stdout line.
     """
 
-    def __init__(self, comm, stall_s):
+    def __init__(self, comm, stall_s, report_dir=None):
         self.comm = comm
         self.stall_s = stall_s
+        self.report_dir = report_dir
         self.stage = "start-up"
         self._last = time.monotonic()
         self._stop = threading.Event()
@@ -186,10 +191,20 @@ class Watchdog:
             idle = time.monotonic() - self._last
             if idle > self.stall_s:
                 part = self.stage.split(" ")[0]
-                print(f"SOAK {part} FAIL hang rank={self.comm.Get_rank()} "
-                      f"last_progress={self.stage.replace(' ', '_')} "
-                      f"seconds_without_progress={idle:.1f}", flush=True)
+                rank = self.comm.Get_rank()
+                line = (f"SOAK {part} FAIL hang rank={rank} "
+                        f"last_progress={self.stage.replace(' ', '_')} "
+                        f"seconds_without_progress={idle:.1f}")
+                if self.report_dir:
+                    path = os.path.join(self.report_dir,
+                                        f"hang.rank{rank}.txt")
+                    with open(path, "w") as f:
+                        f.write(line + "\n")
+                        f.flush()
+                        os.fsync(f.fileno())
+                print(line, flush=True)
                 sys.stderr.flush()
+                time.sleep(0.5)         # give the launcher time to forward it
                 self.comm.Abort(3)
 
 
@@ -735,6 +750,10 @@ def _parse_args(argv):
     p.add_argument("--stall-s", type=float, default=300.0,
                    help="abort as hung after this long without progress "
                         "(0: never)")
+    p.add_argument("--hang-report", metavar="DIR", default=None,
+                   help="a rank that detects a hang also writes its FAIL "
+                        "line to DIR/hang.rank{r}.txt (the abort may cut "
+                        "the launcher's output short)")
     # Fault injection for the tests: the soak must be able to fail.
     p.add_argument("--inject-leak", type=int, nargs="?", const=16384,
                    default=0, help=argparse.SUPPRESS)
@@ -778,7 +797,7 @@ def main(argv=None):
         print(f"soak: {ctx.size} ranks ({ctx.local_size} on this host), {lib}, "
               f"numpy {np.__version__}, RSS from {RSSMeter().source}, "
               f"load average {load}", flush=True)
-    watchdog = Watchdog(ctx.comm, args.stall_s)
+    watchdog = Watchdog(ctx.comm, args.stall_s, args.hang_report)
     results = []
     if "bsp" in args.parts:
         for mode in args.bsp_modes:

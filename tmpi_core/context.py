@@ -7,11 +7,16 @@ mpi4py is imported lazily, the first time a context is made, so importing
 import os
 import sys
 import threading
+import time
 
 __all__ = ["Context", "get_context"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _DEFAULT = {}
+
+#: Seconds the abort hook waits after printing a traceback and before
+#: ``MPI_Abort``, so the launcher can forward the output first.
+ABORT_GRACE_S = 0.5
 _LOCK = threading.Lock()
 
 
@@ -178,6 +183,10 @@ def install_abort_hook(comm):
     without chaining (Theano and PyTensor do) — tmpi's rules and adapters
     do so themselves.
 
+    The traceback is flushed and the hook waits ``ABORT_GRACE_S`` seconds
+    before aborting, so that the launcher forwards it before it tears the
+    job down.
+
     An exception with a true ``on_every_rank`` attribute (every rank raises
     it together, like :class:`tmpi_core.checkpoint.Interrupted`) is only
     printed: the ranks end on their own.
@@ -199,6 +208,9 @@ def install_abort_hook(comm):
             previous(exc_type, exc, tb)
             sys.stderr.flush()
             sys.stdout.flush()
+            # The launcher forwards output asynchronously; an immediate
+            # abort can end it before the traceback reaches the terminal.
+            time.sleep(ABORT_GRACE_S)
         finally:
             comm.Abort(1)
 
