@@ -25,10 +25,11 @@ import statistics
 import time
 
 import numpy as np
+from mpi4py import MPI
 
 from tmpi_core.buffer import FlatBuffer
 from tmpi_core.context import get_context
-from tmpi_core.exchangers import make_exchanger
+from tmpi_core.exchangers import HalfPrecisionExchanger, make_exchanger
 
 
 def _asa16_lines(ex, buf):
@@ -36,25 +37,17 @@ def _asa16_lines(ex, buf):
     data = buf.data
     n = data.size
     ex._allocate(n)
-    p, c = ex.size, ex._c
     comm = ex.comm
-    chunks = ex._recv.reshape(p, c)
-
-    def add_chunks():
-        np.copyto(ex._acc, chunks[0])
-        for j in range(1, p):
-            np.add(ex._acc, chunks[j], out=ex._acc)
+    casts = ex._casts                   # the exchanger's own cast backend
 
     return [
-        ("cast fp32 -> fp16 (n)", lambda: np.copyto(ex._send[:n], data,
-                                                    casting="same_kind")),
-        ("Alltoall (n fp16)", lambda: comm.Alltoall(ex._send, ex._recv)),
-        ("sum chunks in fp32 (n/p x p)", add_chunks),
-        ("cast sum -> fp16 (n/p)", lambda: np.copyto(ex._mine, ex._acc,
-                                                     casting="same_kind")),
-        ("Allgather (n fp16)", lambda: comm.Allgather(ex._mine, ex._all)),
-        ("cast fp16 -> fp32 (n)", lambda: np.copyto(data, ex._all[:n],
-                                                    casting="same_kind")),
+        ("cast fp32 -> fp16 (n)", lambda: casts.to_half(data, ex._send[:n])),
+        ("Alltoallv (n fp16, no self)", lambda: comm.Alltoallv(*ex._a2a)),
+        ("sum chunks in fp32 -> fp16 (n/p)",
+         lambda: casts.sum_chunks(ex._chunks, ex._acc, ex._mine)),
+        ("Allgather (in place)",
+         lambda: comm.Allgather(MPI.IN_PLACE, ex._all)),
+        ("cast fp16 -> fp32 (n)", lambda: casts.to_single(ex._all[:n], data)),
     ]
 
 
@@ -70,6 +63,10 @@ def _exch_lines(ctx, buf, grads):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--what", choices=["asa16", "exch"], default="asa16")
+    p.add_argument("--cast", choices=["auto", "torch", "numpy"],
+                   default="auto",
+                   help="asa16's fp16 cast backend (default auto: torch "
+                        "when it imports)")
     p.add_argument("--mib", type=float, default=16.0)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--scale", type=float, default=1e-3,
@@ -83,7 +80,8 @@ def main(argv=None):
     grads = [g.copy() for g in np.split(values, np.cumsum(parts)[:-1])]
     if args.what == "asa16":
         buf = FlatBuffer([(n,)])
-        lines = _asa16_lines(make_exchanger("asa16", ctx.comm), buf)
+        ex = HalfPrecisionExchanger(ctx.comm, cast=args.cast)
+        lines = _asa16_lines(ex, buf)
     else:
         buf = FlatBuffer([(s,) for s in parts])
         lines = _exch_lines(ctx, buf, grads)
@@ -102,12 +100,14 @@ def main(argv=None):
     if ctx.rank == 0:
         med = [statistics.median(worst[:, j]) for j in range(len(lines))]
         total = sum(med)
-        print(f"{args.what}: {args.mib:g} MiB, {ctx.size} ranks, values of "
+        cast = f", {ex.cast_backend} casts" if args.what == "asa16" else ""
+        print(f"{args.what}: {args.mib:g} MiB, {ctx.size} ranks{cast}, "
+              "values of "
               f"std {args.scale:g}, medians of {args.calls} calls (slowest "
               "rank per line)")
         for (label, _), m in zip(lines, med):
-            print(f"  {label:<30} {1e3 * m:>9.3f} ms {100 * m / total:>5.1f} %")
-        print(f"  {'sum':<30} {1e3 * total:>9.3f} ms")
+            print(f"  {label:<33} {1e3 * m:>9.3f} ms {100 * m / total:>5.1f} %")
+        print(f"  {'sum':<33} {1e3 * total:>9.3f} ms")
     return worst
 
 

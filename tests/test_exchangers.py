@@ -6,6 +6,7 @@ import pytest
 
 from mpirun import run_mpi_json
 from tmpi_core import EXCHANGERS, FlatBuffer, get_context, make_exchanger
+from tmpi_core.exchangers import HalfPrecisionExchanger
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])
@@ -23,6 +24,83 @@ def test_exchangers_on_real_ranks(tmp_path, ranks):
                     assert not v["within_fp32"] or key.endswith(":1"), (key, v)
             # every rank holds the same result
             assert v["checksum"] == results[0][key]["checksum"]
+
+
+HALF_SPECIAL = np.array(
+    [0.0, -0.0, np.inf, -np.inf, np.nan, 65504.0, 65519.99, 65520.0, 1e9,
+     -1e9, 2.0 ** -24, 2.0 ** -25, 1.5 * 2.0 ** -25, 2.0 ** -14, 1e-45,
+     -1e-45, 1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11], dtype=np.float32)
+
+
+def _fp32_running_sum(chunks):
+    acc = chunks[0].astype(np.float32)
+    for c in chunks[1:]:
+        acc += c.astype(np.float32)
+    return acc
+
+
+def _same_bits(a, b):
+    nan = np.isnan(a)
+    return bool(np.array_equal(np.isnan(b), nan) and np.array_equal(
+        a.view(np.uint16)[~nan], b.view(np.uint16)[~nan]))
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_half_casts_are_bit_exact(backend):
+    from tmpi_core.exchangers._half import HalfCasts
+
+    if backend == "torch":
+        pytest.importorskip("torch")
+    casts = HalfCasts(backend)
+    assert casts.backend == backend
+    with np.errstate(all="ignore"):
+        patterns = np.arange(0, 2**32, 65537, dtype=np.uint64).astype(
+            np.uint32).view(np.float32)
+        for x in (HALF_SPECIAL, patterns):
+            half = np.empty(x.size, np.float16)
+            casts.to_half(x, half)
+            assert _same_bits(x.astype(np.float16), half)
+            back = np.empty(x.size, np.float32)
+            casts.to_single(half, back)
+            assert np.array_equal(back, half.astype(np.float32),
+                                  equal_nan=True)
+    rng = np.random.default_rng(7)
+    for p in (1, 2, 3, 4):
+        # every fp16 bit pattern, and gradient-like values
+        chunks = rng.integers(0, 2**16, size=(p, 200_000),
+                              dtype=np.uint16).view(np.float16)
+        chunks[:, ::2] = rng.standard_normal((p, 100_000)) * 1e-3
+        with np.errstate(all="ignore"):
+            ref = _fp32_running_sum(chunks)
+            acc = np.empty(chunks.shape[1], np.float32)
+            out = np.empty(chunks.shape[1], np.float16)
+            casts.sum_chunks(chunks, acc, out)
+            assert _same_bits(ref.astype(np.float16), out), p
+    # float64 rounds once, straight to float16 (not through float32)
+    x = np.array([1.0 + 2.0 ** -11 + 2.0 ** -40], np.float64)
+    half = np.empty(1, np.float16)
+    casts.to_half(x, half)
+    assert half[0] == x.astype(np.float16)[0] == np.float16(1.0 + 2.0 ** -10)
+
+
+def test_half_cast_backend_is_checked(monkeypatch):
+    import builtins
+
+    from tmpi_core.exchangers._half import HalfCasts
+
+    with pytest.raises(ValueError, match=r"cast='fast' must be one of"):
+        HalfPrecisionExchanger(get_context().comm, cast="fast")
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch":
+            raise ImportError("no torch here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert HalfCasts("auto").backend == "numpy"
+    with pytest.raises(ImportError, match=r"cast='torch' needs torch"):
+        HalfCasts("torch")
 
 
 def test_unknown_strategy_is_named():

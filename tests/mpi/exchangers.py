@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from tmpi_core import EXCHANGERS, FlatBuffer, get_context, make_exchanger
+from tmpi_core.exchangers import HalfPrecisionExchanger
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
@@ -29,9 +30,16 @@ def inputs(rank, n):
     return (x / p_).astype(np.float32)
 
 
+def exchangers():
+    for strategy in sorted(EXCHANGERS):
+        yield strategy, make_exchanger(strategy, ctx.comm)
+    # cast backends mixed across ranks: the bits must not depend on them
+    yield "asa16-mixed", HalfPrecisionExchanger(
+        ctx.comm, cast="numpy" if ctx.rank % 2 == 0 else "auto")
+
+
 result = {}
-for strategy in sorted(EXCHANGERS):
-    ex = make_exchanger(strategy, ctx.comm)
+for strategy, ex in exchangers():
     for n in (1, 7, 64, 1001):
         buf = FlatBuffer([(n,)])
         for repeat in range(2):            # reuse of preallocated buffers
