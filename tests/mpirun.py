@@ -62,18 +62,36 @@ def run_mpi(script, n, *args, timeout=180, env=None, check=True):
         subprocess.CompletedProcess with ``stdout`` and ``stderr`` as text.
     """
     cmd, full_env = _command(script, n, args, env)
+    # A session of its own, so that a hung job is killed whole: killing only
+    # mpiexec would leave its ranks spinning in MPI for the rest of the run.
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=full_env,
+                             cwd=ROOT, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=timeout, env=full_env, cwd=ROOT)
-    except subprocess.TimeoutExpired as e:
+        out, err = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(popen)
+        out, err = popen.communicate()
         raise AssertionError(
             f"{' '.join(cmd)} hung for more than {timeout}s\n"
-            f"stdout:\n{_text(e.stdout)}\nstderr:\n{_text(e.stderr)}") from None
+            f"stdout:\n{_text(out)}\nstderr:\n{_text(err)}") from None
+    except BaseException:
+        _kill_group(popen)
+        popen.wait()
+        raise
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
     if check:
         assert proc.returncode == 0, (
             f"{' '.join(cmd)} exited {proc.returncode}\n"
             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def _kill_group(popen):
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def run_mpi_interrupted(script, n, marker, *args, wait=90, timeout=60):

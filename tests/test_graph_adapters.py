@@ -107,6 +107,19 @@ def test_exception_in_one_rank_ends_the_job(lib):
 
 
 @pytest.mark.parametrize("lib", ["theano", "pytensor"])
+def test_an_extra_call_on_one_rank_ends_the_job_with_a_timeout(lib):
+    # Unequal call counts wait for good without a timeout (documented in
+    # docs/RELIABILITY.md); TMPI_EXCHANGE_TIMEOUT bounds the wait.
+    _lib(lib)
+    proc = run_mpi("graph_faults.py", 2, "--lib", lib, "--case",
+                   "extra-call", check=False, timeout=120,
+                   env={"TMPI_EXCHANGE_TIMEOUT": 3})
+    assert proc.returncode != 0
+    assert ("tmpi: rank 0 of 2 has waited 3 s in the BSP parameter average "
+            "at step 3 (TMPI_EXCHANGE_TIMEOUT=3)") in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("lib", ["theano", "pytensor"])
 def test_bad_input_names_the_culprit(lib):
     _lib(lib)
     from gmodels import graph_modules

@@ -23,6 +23,7 @@ from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
 from tmpi_core.recorder import Recorder, make_recorder, read_run
 from tmpi_core.rules import (BSP, EASGD, RULES, GoSGD, NonFiniteError, Rule,
                              make_rule)
+from tmpi_core.watchdog import exchange_timeout, set_exchange_timeout
 
 from tmpi_core._version import __version__
 
@@ -48,6 +49,7 @@ __all__ = [
     "broadcast_arrays",
     "check_same_across_ranks",
     "describe_arrays",
+    "exchange_timeout",
     "get_context",
     "install_abort_hook",
     "load_cifar10",
@@ -58,6 +60,7 @@ __all__ = [
     "make_exchanger",
     "make_recorder",
     "make_rule",
+    "set_exchange_timeout",
     "read_run",
     "shard",
     "shard_indices",

@@ -3,6 +3,8 @@
 ``--case mismatch``: rank 1 builds a wider layer; every rank prints
 ``rank R: <error>`` and exits 3 together. ``--case raise``: rank 1 raises
 between two training calls (uncaught); the job must end, not hang.
+``--case extra-call``: rank 0 calls the training function once more than
+rank 1, which leaves; with ``TMPI_EXCHANGE_TIMEOUT`` set the job ends.
 """
 
 import argparse
@@ -33,7 +35,11 @@ except ValueError as e:
     ctx.barrier()
     raise SystemExit(3)
 train = mod.function([x], loss, updates=updates)
-for step in range(100):
+steps = 100
+if args.case == "extra-call":
+    steps = 4 if ctx.rank == 0 else 3
+    ctx.barrier()      # compiling took the ranks unequally long
+for step in range(steps):
     if args.case == "raise" and ctx.rank == 1 and step == 3:
         raise RuntimeError("injected failure on rank 1")
     train(np.ones((4, 6)))

@@ -10,6 +10,7 @@ from tmpi_core.broadcast import broadcast_arrays
 from tmpi_core.buffer import FlatBuffer
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.context import get_context
+from tmpi_core.watchdog import ExchangeGuard, exchange_timeout
 
 __all__ = ["Rule"]
 
@@ -183,12 +184,33 @@ class Rule:
         if self.recorder is not None:
             self.recorder.open(self.ctx, config=self.config())
 
-    def _timer(self, kind):
+    def _timer(self, kind, waits_for=None, step=None):
         """Context manager timing an exchange into the recorder: ``kind`` is
         ``'collective'`` (barrier into wait, then comm), ``'exchange'``
-        (comm) or ``'blocked'`` (wait). A shared no-op without a recorder."""
+        (comm) or ``'blocked'`` (wait). A shared no-op without a recorder.
+
+        With ``waits_for`` (what the block waits for, e.g. ``'gradient
+        exchange'``) the block is also bounded by the exchange timeout, if
+        one is set (:mod:`tmpi_core.watchdog`).
+        """
         recorder = self.recorder
-        return _NOT_TIMED if recorder is None else getattr(recorder, kind)
+        timer = _NOT_TIMED if recorder is None else getattr(recorder, kind)
+        guard = _NOT_TIMED if waits_for is None else self._guard(waits_for,
+                                                                 step)
+        if guard is _NOT_TIMED:
+            return timer
+        return guard if timer is _NOT_TIMED else _Guarded(guard, timer)
+
+    def _guard(self, waits_for, step=None):
+        """Context manager bounding a blocking wait by the exchange timeout
+        (:mod:`tmpi_core.watchdog`); a shared no-op when none is set."""
+        timeout = exchange_timeout()
+        if timeout is None:
+            return _NOT_TIMED
+        what = f"the {self.title} {waits_for}"
+        if step is not None:
+            what += f" at step {step}"
+        return ExchangeGuard(self.ctx, what, timeout)
 
     def _on_ready(self):
         """Hook for subclasses: allocate what needs the context."""
@@ -205,6 +227,28 @@ class Rule:
         if self.ctx is None:
             self.ctx = get_context(self._comm)
         return self.ctx.size
+
+
+class _Guarded:
+    """Enters an :class:`ExchangeGuard` around a recorder timer."""
+
+    __slots__ = ("_guard", "_timer")
+
+    def __init__(self, guard, timer):
+        self._guard = guard
+        self._timer = timer
+
+    def __enter__(self):
+        self._guard.__enter__()
+        self._timer.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._timer.__exit__(*exc)
+        finally:
+            self._guard.__exit__(*exc)
+        return False
 
 
 def fused_buffer_for(spec, current=None):

@@ -135,7 +135,7 @@ class BSP(Rule):
             spec = describe_arrays(grads)
             check_same_across_ranks(self.ctx, spec, "gradients")
             self._grads = fused_buffer_for(spec)
-        with self._timer("collective"):
+        with self._timer("collective", "gradient exchange", self.step):
             self._grads.pack(grads, scale=self._inv_size)
             local_ok = self._check_local(self._grads)
             self._exchanger.allreduce_sum(self._grads)
@@ -164,7 +164,7 @@ class BSP(Rule):
                 "end_step needs the parameters on an exchange step; call "
                 "wants_params() first and pass them"
             )
-        with self._timer("collective"):
+        with self._timer("collective", "parameter average", self.step - 1):
             return self._average_params(params, step=self.step - 1)
 
     def finalize(self, params):
@@ -174,7 +174,8 @@ class BSP(Rule):
         evens out non-trainable state (batch-norm statistics) and, in
         ``'params'`` mode with ``every > 1``, the last partial period.
         """
-        return self._average_params(params)
+        with self._guard("final average"):
+            return self._average_params(params)
 
     def _average_params(self, params, step=None):
         self._require_started()

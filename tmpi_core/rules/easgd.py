@@ -134,7 +134,12 @@ class EASGD(Rule):
         if params is None:
             raise ValueError("end_step needs the parameters on an exchange "
                              "step; call wants_params() first")
-        with self._timer("collective" if self.synchronous else "exchange"):
+        if self.synchronous:
+            timer = self._timer("collective", "elastic exchange",
+                                self.step - 1)
+        else:
+            timer = self._timer("exchange")
+        with timer:
             self._exchange(params)
         self.exchanges += 1
         return self._local.views
@@ -157,7 +162,9 @@ class EASGD(Rule):
             np.add(c, d, out=c)
         else:
             comm = self.ctx.comm
-            with self._timer("blocked"):     # the round trip to the server
+            # the round trip to the server
+            with self._timer("blocked", "round trip to the server",
+                             self.step - 1):
                 comm.Send(x, dest=0, tag=_TAG_PUSH)
                 comm.Recv(d, source=0, tag=_TAG_DIFF)
             np.subtract(x, d, out=x)
@@ -217,6 +224,8 @@ class EASGD(Rule):
                 self.ctx.comm.Send(_EMPTY, dest=0, tag=_TAG_DONE)
             else:
                 self.serve()
+            # not bounded: a worker that is done waits here, legitimately,
+            # for the slowest worker to finish training
             self.ctx.bcast_array(self._center.data, root=0)
         return self._center.views
 

@@ -1,0 +1,86 @@
+"""The exchange timeout turns a rank left waiting for good into an error.
+
+Without it, a rank that makes one exchange more than the others waits in
+that collective forever (documented in docs/RELIABILITY.md); with
+``TMPI_EXCHANGE_TIMEOUT`` it prints what it waited for and aborts the job.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mpirun import ROOT, run_mpi, run_mpi_json
+
+import tmpi_core
+from tmpi_core import watchdog
+
+
+def _timed(*args, **kwargs):
+    t0 = time.monotonic()
+    proc = run_mpi("exchange_timeout.py", 2, *args, check=False, **kwargs)
+    return proc, time.monotonic() - t0
+
+
+def test_an_extra_exchange_on_one_rank_ends_the_job():
+    proc, seconds = _timed("--case", "extra-call", timeout=60,
+                           env={"TMPI_EXCHANGE_TIMEOUT": 2})
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert ("tmpi: rank 0 of 2 has waited 2 s in the BSP gradient exchange "
+            "at step 3 (TMPI_EXCHANGE_TIMEOUT=2)") in proc.stderr, proc.stderr
+    assert "Another rank is not taking part" in proc.stderr
+    assert seconds < 30, seconds
+
+
+def test_an_extra_synchronous_easgd_exchange_ends_the_job():
+    proc, _ = _timed("--case", "easgd-extra", timeout=60,
+                     env={"TMPI_EXCHANGE_TIMEOUT": 2})
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert ("in the EASGD elastic exchange at step 3 "
+            "(TMPI_EXCHANGE_TIMEOUT=2)") in proc.stderr, proc.stderr
+
+
+def test_without_a_timeout_the_extra_exchange_waits(tmp_path):
+    # The behaviour the timeout exists for: the launcher does not return.
+    with pytest.raises(AssertionError, match="timed out|hung|Timeout"):
+        run_mpi("exchange_timeout.py", 2, "--case", "extra-call",
+                timeout=8, check=False,
+                env={"TMPI_EXCHANGE_TIMEOUT": None})
+
+
+def test_a_slow_rank_within_the_timeout_is_not_killed(tmp_path):
+    # rank 1 is 1 s late at each of 4 exchanges: 4 s in all, 1 s each time,
+    # under a 2.5 s timeout -- the bound is per exchange
+    ranks = run_mpi_json("exchange_timeout.py", 2, tmp_path, "--case",
+                         "slow", "--sleep", 1.0,
+                         env={"TMPI_EXCHANGE_TIMEOUT": 2.5})
+    for r in ranks:
+        assert r["timeout"] == 2.5
+        # mean over ranks of (rank + step): step + 0.5
+        assert r["means"] == [0.5, 1.5, 2.5, 3.5]
+
+
+def test_timeout_values_are_checked(monkeypatch):
+    monkeypatch.setattr(watchdog, "_timeout", None)
+    for off in (None, 0, "0", "off", ""):
+        tmpi_core.set_exchange_timeout(off)
+        assert tmpi_core.exchange_timeout() is None
+    tmpi_core.set_exchange_timeout("30")
+    assert tmpi_core.exchange_timeout() == 30.0
+    for bad in (-1, "soon", float("inf"), float("nan"), True, [5]):
+        with pytest.raises(ValueError, match=r"must be a number of seconds"):
+            tmpi_core.set_exchange_timeout(bad)
+    tmpi_core.set_exchange_timeout(None)
+
+
+def test_a_bad_environment_value_is_a_clear_error():
+    env = dict(os.environ, TMPI_EXCHANGE_TIMEOUT="ten", PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import tmpi_core; tmpi_core.exchange_timeout()"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert ("ValueError: TMPI_EXCHANGE_TIMEOUT='ten' must be a number of "
+            "seconds > 0 (or 0/off to disable)") in proc.stderr, proc.stderr
