@@ -100,3 +100,11 @@ def test_branch_free_half_cast_is_bit_exact():
             got = np.empty(x.size, np.float16)
             caster(x, got)
             assert fp16_cast._same_bits(x.astype(np.float16), got)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_asa16_cast_backends_give_the_same_bits(ranks):
+    proc = run_mpi(os.path.join(ROOT, "benchmarks", "asa16_cast.py"), ranks,
+                   "--mib", 0.5, "--repeats", 2, timeout=120)
+    assert "same bits: True" in proc.stdout, proc.stdout + proc.stderr
+    assert "branch-free" in proc.stdout and "numpy" in proc.stdout
