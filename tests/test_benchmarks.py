@@ -108,3 +108,9 @@ def test_asa16_cast_backends_give_the_same_bits(ranks):
                    "--mib", 0.5, "--repeats", 2, timeout=120)
     assert "same bits: True" in proc.stdout, proc.stdout + proc.stderr
     assert "branch-free" in proc.stdout and "numpy" in proc.stdout
+
+
+def test_guard_overhead_runs():
+    proc = run_mpi(os.path.join(ROOT, "benchmarks", "guard_overhead.py"), 2,
+                   "--steps", 20, "--blocks", 2, timeout=120)
+    assert "on/off" in proc.stdout, proc.stdout + proc.stderr

@@ -105,22 +105,22 @@ class _Watchdog:
         self._thread = None
 
     def enter(self, guard):
-        with self._lock:
-            self._active[id(guard)] = guard
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._watch, name="tmpi-exchange-watchdog",
-                    daemon=True)
-                self._thread.start()
+        # a dict store and pop are atomic under the GIL: no lock per exchange
+        self._active[id(guard)] = guard
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._watch, name="tmpi-exchange-watchdog",
+                        daemon=True)
+                    self._thread.start()
 
     def leave(self, guard):
-        with self._lock:
-            self._active.pop(id(guard), None)
+        self._active.pop(id(guard), None)
 
     def _watch(self):
         while True:
-            with self._lock:
-                guards = list(self._active.values())
+            guards = list(self._active.values())     # one C call, atomic
             now = time.monotonic()
             shortest = min((g.timeout for g in guards), default=1.0)
             for g in guards:
@@ -137,17 +137,21 @@ class ExchangeGuard:
 
     Args:
         ctx: the :class:`tmpi_core.Context` (rank and communicator).
-        what: what is being waited for, for the message ("the BSP gradient
-            exchange at step 12").
+        what: what is being waited for, for the message: a string ("the
+            BSP gradient exchange") or a ``(rule title, exchange)`` pair,
+            joined only if the guard expires.
         timeout: seconds.
+        step: the step, added to the message if not None (formatted only
+            if the guard expires).
     """
 
-    __slots__ = ("ctx", "what", "timeout", "since", "_expired")
+    __slots__ = ("ctx", "what", "timeout", "step", "since", "_expired")
 
-    def __init__(self, ctx, what, timeout):
+    def __init__(self, ctx, what, timeout, step=None):
         self.ctx = ctx
         self.what = what
         self.timeout = timeout
+        self.step = step
         self.since = None
         self._expired = False
 
@@ -166,9 +170,14 @@ class ExchangeGuard:
             return
         self._expired = True
         ctx = self.ctx
+        what = self.what
+        if not isinstance(what, str):
+            what = "the {} {}".format(*what)
+        if self.step is not None:
+            what += f" at step {self.step}"
         sys.stderr.write(
             f"tmpi: rank {ctx.rank} of {ctx.size} has waited {waited:.0f} s "
-            f"in {self.what} ({ENV_VAR}={self.timeout:g}). Another rank is "
+            f"in {what} ({ENV_VAR}={self.timeout:g}). Another rank is "
             "not taking part: it called the training step fewer times, "
             "left its loop early, or is stuck outside tmpi. Aborting the "
             "job.\n")

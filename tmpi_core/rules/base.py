@@ -207,10 +207,8 @@ class Rule:
         timeout = exchange_timeout()
         if timeout is None:
             return _NOT_TIMED
-        what = f"the {self.title} {waits_for}"
-        if step is not None:
-            what += f" at step {step}"
-        return ExchangeGuard(self.ctx, what, timeout)
+        return ExchangeGuard(self.ctx, (self.title, waits_for), timeout,
+                             step)
 
     def _on_ready(self):
         """Hook for subclasses: allocate what needs the context."""
