@@ -93,11 +93,11 @@ class HalfCasts:
         if backend in ("auto", "torch"):
             try:
                 import torch
-            except ImportError:
+            except (ImportError, OSError) as exc:   # OSError: broken libs
                 if backend == "torch":
                     raise ImportError(
-                        "cast='torch' needs torch; install it or use "
-                        "cast='numpy'") from None
+                        f"cast='torch' needs torch ({exc}); install it or "
+                        "use cast='numpy'") from None
             else:
                 self._torch = torch
         self.backend = "torch" if self._torch is not None else "numpy"
