@@ -17,6 +17,10 @@ For each buffer size, and for the parameter set of a Wide-ResNet-16-4
   on a list of float32 tensors of that many bytes in total: one pass
   packing them into the fused buffer scaled by ``1/p``, then the shipped
   ``ar`` (plain below 8 MiB, persistent from 8 MiB up);
+* **x_shm**: the same exchange with ``strategy='shm'``: the tensors packed
+  (scaled by ``1/p``) straight into this rank's segment of an MPI
+  shared-memory window, then summed in place there (every rank on one
+  host; absent otherwise);
 * **naive**: what a user without tmpi writes for a list of gradient arrays:
   ``np.concatenate`` of the raveled arrays, an in-place ``Allreduce``,
   ``/= p`` and ``np.split`` back into shaped arrays;
@@ -280,7 +284,8 @@ def _parse_args(argv):
 
 # Every operation the benchmark knows, in table order; a run times those
 # available (ar_p needs MPI-4 persistent collectives, gloo needs torch).
-ALL_OPS = ("raw", "ar", "ar_p", "exch", "naive", "asa16", "gloo", "pack")
+ALL_OPS = ("raw", "ar", "ar_p", "exch", "x_shm", "naive", "asa16", "gloo",
+           "pack")
 
 # (column, numerator, denominator) of the ratio table.
 RATIOS = (
@@ -290,6 +295,7 @@ RATIOS = (
     ("a16/ar", "asa16", "ar"), ("a16/ar_p", "asa16", "ar_p"),
     ("ar/gloo", "ar", "gloo"), ("ar_p/gloo", "ar_p", "gloo"),
     ("exch/naive", "exch", "naive"),
+    ("xshm/raw", "x_shm", "raw"), ("xshm/exch", "x_shm", "exch"),
 )
 
 
@@ -393,6 +399,10 @@ class _Row:
             "asa16": lambda: self.half.allreduce_sum(self.half_buf),
             "pack": lambda: self.local.pack(self.grads, scale=self.scale),
         }
+        if "x_shm" in ops:
+            self.rule_shm = BSP(mode="grads", strategy="shm", comm=ctx.comm)
+            self._ops["x_shm"] = lambda: self.rule_shm.on_gradients(
+                self.grads)
         if "ar_p" in ops:
             self.persistent = AllreduceExchanger(ctx.comm, persistent=True)
             self._ops["ar_p"] = lambda: self.persistent.allreduce_sum(
@@ -445,6 +455,9 @@ class _Row:
 
         out = self.rule.on_gradients(self.grads)
         close("exch", np.concatenate([a.ravel() for a in out]), mean)
+        if "x_shm" in self.ops:
+            out = self.rule_shm.on_gradients(self.grads)
+            close("x_shm", np.concatenate([a.ravel() for a in out]), mean)
         out = naive_average(comm, self.grads, self.MPI)
         close("naive", np.concatenate([a.ravel() for a in out]), mean)
         exchangers = [("ar", self.plain), ("asa16", self.half)]
@@ -551,7 +564,8 @@ raw = comm.Allreduce(IN_PLACE) of one preallocated array; ar = the ar
 exchanger with plain Allreduce (persistent=False) on that array; ar_p = the ar
 exchanger with one persistent MPI_Allreduce_init request (persistent=True);
 exch = the whole BSP gradient exchange (pack x 1/p into the fused buffer +
-the shipped ar: ar below 8 MiB, ar_p from 8 MiB up); naive =
+the shipped ar: ar below 8 MiB, ar_p from 8 MiB up); x_shm = the same
+exchange with strategy='shm' (MPI shared memory, one host); naive =
 np.concatenate + Allreduce + /p + np.split; asa16 = fp16 on the wire; gloo =
 torch.distributed.all_reduce (gloo) of a tensor of the same bytes; pack = the
 pack pass alone. Times: medians of the slowest rank's time; ratios: of
@@ -579,6 +593,9 @@ def main(argv=None):
     skip = set()
     if not has_persistent_allreduce():
         skip.add("ar_p")
+    if ctx.local_size != ctx.size or not all(
+            ctx.comm.allgather(ctx.local_size == ctx.size)):
+        skip.add("x_shm")                # shared memory needs one host
     dist = None if args.no_gloo else start_gloo(ctx)
     if not all(ctx.comm.allgather(dist is not None)):
         skip.add("gloo")
@@ -610,6 +627,8 @@ def main(argv=None):
     for label, shapes in rows:
         row = _Row(ctx, label, shapes, ops, dist, args.asa16_scale)
         results.append(row.run(args))
+        if "x_shm" in ops:
+            row.rule_shm._exchanger.free()      # its shared windows
         del row         # its buffers' persistent requests are freed with them
         gc.collect()
         if ctx.rank == 0:

@@ -15,7 +15,7 @@ def test_exchangers_on_real_ranks(tmp_path, ranks):
     for rank, r in enumerate(results):
         for key, v in r.items():
             strategy = key.split(":")[0]
-            if strategy == "ar":
+            if strategy in ("ar", "shm", "shm-allocated"):
                 assert v["within_fp32"], (rank, key, v)
             else:
                 assert v["within_fp16_bound"], (rank, key, v)
@@ -106,7 +106,7 @@ def test_half_cast_backend_is_checked(monkeypatch):
 def test_unknown_strategy_is_named():
     with pytest.raises(ValueError, match=r"strategy='fp8' is not a known "
                                          r"exchanger; choose one of \['ar', "
-                                         r"'asa16'\]"):
+                                         r"'asa16', 'shm'\]"):
         make_exchanger("fp8", get_context().comm)
 
 
@@ -167,3 +167,39 @@ def test_ar_free_is_idempotent_on_one_rank():
     ex.free()
     ex.allreduce_sum(buf)
     assert buf.data.tolist() == [0, 1, 2]
+
+
+def test_shm_refuses_ranks_on_several_hosts():
+    from mpi4py import MPI
+
+    class TwoHosts(MPI.Intracomm):
+        """One rank that claims a peer on another host."""
+
+        def Get_size(self):
+            return 2
+
+        def Split_type(self, *args, **kwargs):
+            return MPI.COMM_SELF.Dup()
+
+    comm = TwoHosts(MPI.COMM_SELF)
+    with pytest.raises(ValueError, match=r"strategy='shm' needs every rank "
+                                         r"on one host .* Use strategy='ar'"):
+        make_exchanger("shm", comm)
+
+
+def test_a_buffer_allocator_is_checked():
+    with pytest.raises(ValueError, match=r"allocate\(3, float32\) must "
+                                         r"return a writable contiguous"):
+        FlatBuffer([(3,)], allocate=lambda n, dtype: np.zeros(n + 1, dtype))
+    buf = FlatBuffer([(2,), (1,)], allocate=lambda n, d: np.full(n, 0, d))
+    assert buf.views[1].shape == (1,)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_rules_on_shared_memory_match_allreduce(tmp_path, ranks):
+    results = run_mpi_json("shm_rules.py", ranks, tmp_path)
+    for r in results:
+        assert r["n"] == 5 * 9 + 3
+        assert r["max_diff"] <= 1e-5, r          # fp32 summation order only
+        # BSP's outputs: the same bits on every rank
+        assert r["checksum"] == results[0]["checksum"]

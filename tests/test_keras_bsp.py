@@ -30,16 +30,19 @@ def assert_weights_close(got, want, tol):
         np.testing.assert_allclose(np.asarray(g), w, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("mode,optimizer", [
-    ("grads", "momentum"),
-    ("grads", "adam"),
-    ("params", "sgd"),
-    ("params", "momentum"),
+@pytest.mark.parametrize("mode,optimizer,strategy", [
+    ("grads", "momentum", "ar"),
+    ("grads", "adam", "ar"),
+    ("params", "sgd", "ar"),
+    ("params", "momentum", "ar"),
+    ("grads", "adam", "shm"),          # reduced in MPI shared memory
+    ("params", "momentum", "shm"),
 ])
-def test_bsp_two_ranks_equal_large_batch(tmp_path, mode, optimizer):
+def test_bsp_two_ranks_equal_large_batch(tmp_path, mode, optimizer,
+                                         strategy):
     ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", optimizer,
                          "--mode", mode, "--batch", B, "--n", N,
-                         "--epochs", EPOCHS)
+                         "--epochs", EPOCHS, "--strategy", strategy)
     want_w, want_h = reference(optimizer)
     for r in ranks:
         assert_weights_close(r["weights"], want_w, 2e-4)

@@ -18,6 +18,9 @@ class FlatBuffer:
     Args:
         shapes: the tensor shapes, in a fixed order that every rank shares.
         dtype: storage type; float32 (the default) is what the exchangers move.
+        allocate: optional ``f(n, dtype)`` returning the zeroed 1-D storage
+            (an exchanger's :meth:`~tmpi_core.Exchanger.allocate`, e.g. a
+            segment of shared memory); default ``np.zeros``.
 
     Attributes:
         data: the flat 1-D array (length :attr:`size`).
@@ -31,7 +34,7 @@ class FlatBuffer:
         (10,)
     """
 
-    def __init__(self, shapes, *, dtype=np.float32):
+    def __init__(self, shapes, *, dtype=np.float32, allocate=None):
         self.shapes = []
         for i, s in enumerate(shapes):
             if isinstance(s, (str, bytes)) or not hasattr(s, "__iter__") \
@@ -45,7 +48,19 @@ class FlatBuffer:
                 raise ValueError(f"shapes must be non-negative, got {s}")
         counts = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self.data = np.zeros(int(self.offsets[-1]), dtype=dtype)
+        n = int(self.offsets[-1])
+        if allocate is None:
+            self.data = np.zeros(n, dtype=dtype)
+        else:
+            data = allocate(n, np.dtype(dtype))
+            if not (isinstance(data, np.ndarray) and data.shape == (n,)
+                    and data.dtype == dtype and data.flags.c_contiguous
+                    and data.flags.writeable):
+                raise ValueError(
+                    f"allocate({n}, {np.dtype(dtype)}) must return a "
+                    f"writable contiguous 1-D {np.dtype(dtype)} array of "
+                    f"{n} elements")
+            self.data = data
         self.views = [
             self.data[int(a):int(b)].reshape(s)
             for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)

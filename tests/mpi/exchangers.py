@@ -33,6 +33,8 @@ def inputs(rank, n):
 def exchangers():
     for strategy in sorted(EXCHANGERS):
         yield strategy, make_exchanger(strategy, ctx.comm)
+    # shm reducing in place in its shared window (the path BSP takes)
+    yield "shm-allocated", make_exchanger("shm", ctx.comm)
     # cast backends mixed across ranks: the bits must not depend on them
     yield "asa16-mixed", HalfPrecisionExchanger(
         ctx.comm, cast="numpy" if ctx.rank % 2 == 0 else "auto")
@@ -42,6 +44,8 @@ result = {}
 for strategy, ex in exchangers():
     for n in (1, 7, 64, 1001):
         buf = FlatBuffer([(n,)])
+        if strategy == "shm-allocated":       # the buffer is the window
+            buf = FlatBuffer([(n,)], allocate=ex.allocate)
         for repeat in range(2):            # reuse of preallocated buffers
             buf.pack([inputs(ctx.rank, n)])
             ex.allreduce_sum(buf)

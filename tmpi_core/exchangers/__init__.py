@@ -7,19 +7,23 @@ they had in Theano-MPI.
 from tmpi_core.exchangers.ar import AllreduceExchanger
 from tmpi_core.exchangers.asa16 import HalfPrecisionExchanger
 from tmpi_core.exchangers.base import Exchanger
+from tmpi_core.exchangers.shm import SharedMemoryExchanger
 
 __all__ = ["AllreduceExchanger", "Exchanger", "EXCHANGERS",
-           "HalfPrecisionExchanger", "make_exchanger"]
+           "HalfPrecisionExchanger", "SharedMemoryExchanger",
+           "make_exchanger"]
 
-EXCHANGERS = {"ar": AllreduceExchanger, "asa16": HalfPrecisionExchanger}
+EXCHANGERS = {"ar": AllreduceExchanger, "asa16": HalfPrecisionExchanger,
+              "shm": SharedMemoryExchanger}
 
 
 def make_exchanger(strategy, comm):
     """Build the exchanger called ``strategy`` on ``comm``.
 
     Args:
-        strategy: one of :data:`EXCHANGERS`: ``'ar'`` (fp32 Allreduce) or
-            ``'asa16'`` (fp16 on the wire).
+        strategy: one of :data:`EXCHANGERS`: ``'ar'`` (fp32 Allreduce),
+            ``'asa16'`` (fp16 on the wire) or ``'shm'`` (MPI shared memory,
+            every rank on one host; collective to make).
         comm: an ``mpi4py.MPI.Comm``.
 
     Raises:

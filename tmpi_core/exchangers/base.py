@@ -31,5 +31,14 @@ class Exchanger:
         """Replace ``buffer.data`` by its sum over all ranks, in place."""
         raise NotImplementedError
 
+    def allocate(self, n, dtype):
+        """Storage for a fused buffer this exchanger will reduce: ``n``
+        zeroed elements of ``dtype``. Plain memory here; an exchanger that
+        shares memory between ranks returns its own (and then every rank
+        must call this together, with the same arguments)."""
+        import numpy as np
+
+        return np.zeros(n, dtype)
+
     def free(self):
         """Release any persistent MPI requests (safe to call twice)."""

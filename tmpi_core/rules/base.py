@@ -102,7 +102,8 @@ class Rule:
         if missing:                    # the same on every rank: all raise
             raise ValueError(
                 f"params {missing} are None; pass the parameters' arrays")
-        self._params = fused_buffer_for(spec, self._params)
+        self._params = fused_buffer_for(spec, self._params,
+                                        allocate=self._allocator("params"))
         return broadcast_arrays(self.ctx, params, root=0)
 
     def on_gradients(self, grads):
@@ -213,6 +214,11 @@ class Rule:
     def _on_ready(self):
         """Hook for subclasses: allocate what needs the context."""
 
+    def _allocator(self, which):
+        """Storage allocator for the fused buffer ``which`` (``'params'``):
+        the exchanger's for a buffer it reduces in place, else ``None``."""
+        return None
+
     def _require_ranks(self, minimum, why):
         """Raise (on every rank: all know the size) below ``minimum`` ranks."""
         if self.ctx.size < minimum:
@@ -249,7 +255,7 @@ class _Guarded:
         return False
 
 
-def fused_buffer_for(spec, current=None):
+def fused_buffer_for(spec, current=None, allocate=None):
     """A :class:`FlatBuffer` for tensors described by ``spec``.
 
     float32 unless a tensor is float64 (Theano's default ``floatX``), so
@@ -259,6 +265,8 @@ def fused_buffer_for(spec, current=None):
     Args:
         spec: ``[(name, shape, dtype), ...]`` from ``describe_arrays``.
         current: a buffer to reuse if shapes and dtype match.
+        allocate: the storage allocator (an exchanger's ``allocate``);
+            collective when the exchanger's is.
     """
     shapes = [s for _, s, _ in spec]
     dtype = np.float64 if any(d == "float64" for _, _, d in spec) \
@@ -266,7 +274,7 @@ def fused_buffer_for(spec, current=None):
     if current is not None and current.shapes == shapes \
             and current.data.dtype == dtype:
         return current
-    return FlatBuffer(shapes, dtype=dtype)
+    return FlatBuffer(shapes, dtype=dtype, allocate=allocate)
 
 
 def _positive_int(name, value):

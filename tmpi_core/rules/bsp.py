@@ -33,7 +33,8 @@ class BSP(Rule):
     Args:
         mode: ``'grads'`` (default) or ``'params'``.
         every: period in steps; ``> 1`` needs ``mode='params'``.
-        strategy: exchanger name (``'ar'``).
+        strategy: exchanger name: ``'ar'`` (default), ``'asa16'`` or
+            ``'shm'`` (see :func:`tmpi_core.make_exchanger`).
         lr_scaling: ``None`` or ``'linear'`` (see :class:`Rule`).
         warmup_steps: warm-up steps for linear scaling.
         nonfinite: what to do when a rank's gradients (or, in ``'params'``
@@ -107,6 +108,9 @@ class BSP(Rule):
         self._exchanger = make_exchanger(self.strategy, self.ctx.comm)
         self._inv_size = 1.0 / self.ctx.size
 
+    def _allocator(self, which):
+        return self._exchanger.allocate        # BSP reduces params in place
+
     def on_gradients(self, grads):
         """Average gradients over ranks (``mode='grads'``).
 
@@ -134,7 +138,8 @@ class BSP(Rule):
                     "shapes instead")
             spec = describe_arrays(grads)
             check_same_across_ranks(self.ctx, spec, "gradients")
-            self._grads = fused_buffer_for(spec)
+            self._grads = fused_buffer_for(
+                spec, allocate=self._exchanger.allocate)
         with self._timer("collective", "gradient exchange", self.step):
             self._grads.pack(grads, scale=self._inv_size)
             local_ok = self._check_local(self._grads)

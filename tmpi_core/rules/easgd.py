@@ -112,7 +112,9 @@ class EASGD(Rule):
         self._center = fused_buffer_for(spec)
         self._center.pack(out)
         self._local = fused_buffer_for(spec)
-        self._work = fused_buffer_for(spec)
+        self._work = fused_buffer_for(     # what the exchanger reduces
+            spec, getattr(self, "_work", None),
+            allocate=self._exchanger.allocate if self.synchronous else None)
         self.elastic_total = np.zeros_like(self._center.data)
         self._served = False            # a new round of serving (new fit)
         return out
