@@ -525,8 +525,11 @@ def wresnet():
     (["--warmup-epochs", "-2"], "--warmup-epochs=-2.0 must be >= 0"),
     (["--dropout", "1.5"], r"--dropout=1.5 must lie in [0, 1)"),
     (["--rule", "easgd", "--lr-scaling", "linear"],
-     "--lr-scaling, --mode and --every are options of the bsp rule, not of "
-     "--rule easgd"),
+     "--lr-scaling, --mode, --every and --strategy are options of the bsp "
+     "rule, not of --rule easgd"),
+    (["--rule", "gosgd", "--strategy", "shm"],
+     "--strategy are options of the bsp rule, not of --rule gosgd"),
+    (["--strategy", "fp8"], "argument --strategy: invalid choice: 'fp8'"),
     (["--mode", "avg"], "argument --mode: invalid choice: 'avg'"),
 ])
 def test_keras_zoo_flags(wresnet, capsys, argv, message):

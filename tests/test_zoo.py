@@ -24,6 +24,15 @@ def test_keras_wresnet_trains_on_two_ranks(tmp_path):
     assert (tmp_path / "wrn.keras").exists()
 
 
+def test_keras_wresnet_on_shared_memory(tmp_path):
+    proc = run_mpi(f"{ROOT}/zoo/keras_wresnet.py", 2, "--epochs", 2,
+                   "--strategy", "shm", timeout=300)
+    final = re.search(r"final: test_accuracy=([\d.]+) .*ranks=2",
+                      proc.stdout)
+    assert final, proc.stdout
+    assert float(final.group(1)) > 0.5      # digits, 2 epochs
+
+
 def test_keras_wresnet_rejects_a_bad_depth():
     proc = run_mpi(f"{ROOT}/zoo/keras_wresnet.py", 1, "--depth", 12,
                    check=False, timeout=120)

@@ -104,6 +104,11 @@ def parse_args(argv=None):
     p.add_argument("--lr-scaling", choices=["linear"], default=None,
                    help="scale lr by the number of ranks after a warm-up")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--strategy", default="ar",
+                   choices=["ar", "asa16", "shm"],
+                   help="exchanger for bsp (and synchronous easgd): ar "
+                        "(default), asa16 (fp16 on the wire) or shm (MPI "
+                        "shared memory, every rank on one host)")
     p.add_argument("--data", choices=["digits", "cifar10", "mnist"],
                    default="digits",
                    help="digits: bundled with scikit-learn (default);\n"
@@ -126,9 +131,9 @@ def parse_args(argv=None):
     if not 0.0 <= args.dropout < 1.0:
         p.error(f"--dropout={args.dropout} must lie in [0, 1)")
     if args.rule != "bsp" and (args.lr_scaling or args.mode != "grads"
-                               or args.every != 1):
-        p.error(f"--lr-scaling, --mode and --every are options of the bsp "
-                f"rule, not of --rule {args.rule}")
+                               or args.every != 1 or args.strategy != "ar"):
+        p.error(f"--lr-scaling, --mode, --every and --strategy are options "
+                f"of the bsp rule, not of --rule {args.rule}")
     return args
 
 
@@ -155,7 +160,7 @@ def main(argv=None):
     options = {}
     if args.rule == "bsp":
         options = dict(mode=args.mode, every=args.every,
-                       lr_scaling=args.lr_scaling,
+                       strategy=args.strategy, lr_scaling=args.lr_scaling,
                        warmup_steps=int(args.warmup_epochs * steps))
     sync = tmpi_keras.TMPISync(args.rule, **options)
     if rank == 0:
