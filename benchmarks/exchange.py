@@ -13,11 +13,13 @@ For each buffer size, and for the parameter set of a Wide-ResNet-16-4
   ``Start``/``Wait``) on that same buffer; absent where the MPI lacks
   persistent collectives. The shipped ``ar`` (``persistent=None``) is
   ``ar`` below 8 MiB and ``ar_p`` from 8 MiB up;
-* **exch**: the whole BSP exchange, ``BSP(mode='grads').on_gradients(grads)``
+* **exch**: the whole BSP exchange with ``strategy='ar'``,
+  ``BSP(mode='grads', strategy='ar').on_gradients(grads)``
   on a list of float32 tensors of that many bytes in total: one pass
   packing them into the fused buffer scaled by ``1/p``, then the shipped
   ``ar`` (plain below 8 MiB, persistent from 8 MiB up);
-* **x_shm**: the same exchange with ``strategy='shm'``: the tensors packed
+* **x_shm**: the same exchange with ``strategy='shm'`` (what the default
+  ``strategy='auto'`` picks when every rank is on one host): the tensors packed
   (scaled by ``1/p``) straight into this rank's segment of an MPI
   shared-memory window, then summed in place there (every rank on one
   host; absent otherwise);
@@ -366,7 +368,7 @@ class _Row:
         rng = np.random.default_rng(1234 + ctx.rank)
         self.grads = [rng.standard_normal(s, dtype=np.float32)
                       for s in self.shapes]
-        self.rule = BSP(mode="grads", comm=ctx.comm)
+        self.rule = BSP(mode="grads", strategy="ar", comm=ctx.comm)
         self.plain = AllreduceExchanger(ctx.comm, persistent=False)
         self.half = make_exchanger("asa16", ctx.comm)
         # Zeros: the sum's cost does not depend on the values for normal
@@ -563,9 +565,10 @@ LEGEND = """\
 raw = comm.Allreduce(IN_PLACE) of one preallocated array; ar = the ar
 exchanger with plain Allreduce (persistent=False) on that array; ar_p = the ar
 exchanger with one persistent MPI_Allreduce_init request (persistent=True);
-exch = the whole BSP gradient exchange (pack x 1/p into the fused buffer +
-the shipped ar: ar below 8 MiB, ar_p from 8 MiB up); x_shm = the same
-exchange with strategy='shm' (MPI shared memory, one host); naive =
+exch = the whole BSP gradient exchange with strategy='ar' (pack x 1/p into
+the fused buffer + ar: plain below 8 MiB, ar_p from 8 MiB up); x_shm = the
+same exchange with strategy='shm' (MPI shared memory, one host: what the
+default strategy='auto' picks there); naive =
 np.concatenate + Allreduce + /p + np.split; asa16 = fp16 on the wire; gloo =
 torch.distributed.all_reduce (gloo) of a tensor of the same bytes; pack = the
 pack pass alone. Times: medians of the slowest rank's time; ratios: of

@@ -707,7 +707,9 @@ def _parse_args(argv):
                    help="BSP parameter set: Wide-ResNet depth")
     p.add_argument("--width", type=int, default=2,
                    help="BSP parameter set: Wide-ResNet width")
-    p.add_argument("--strategy", default="ar", help="BSP exchanger")
+    p.add_argument("--strategy", default="auto",
+                   help="BSP exchanger: auto (default: shm on one host, "
+                        "else ar), ar, shm or asa16")
     p.add_argument("--check-every", type=int, default=1,
                    help="check the BSP average every k steps")
     p.add_argument("--gosgd-runs", type=int, default=1000)
@@ -773,8 +775,9 @@ def _parse_args(argv):
                  "sample_every", "long_steps", "long_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.strategy not in ("ar", "asa16"):
-        p.error(f"--strategy={args.strategy!r}: choose ar or asa16")
+    if args.strategy not in ("auto", "ar", "shm", "asa16"):
+        p.error(f"--strategy={args.strategy!r}: choose auto, ar, shm or "
+                "asa16")
     return args
 
 

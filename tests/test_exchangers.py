@@ -105,8 +105,8 @@ def test_half_cast_backend_is_checked(monkeypatch):
 
 def test_unknown_strategy_is_named():
     with pytest.raises(ValueError, match=r"strategy='fp8' is not a known "
-                                         r"exchanger; choose one of \['ar', "
-                                         r"'asa16', 'shm'\]"):
+                                         r"exchanger; choose one of \['auto', "
+                                         r"'ar', 'asa16', 'shm'\]"):
         make_exchanger("fp8", get_context().comm)
 
 
@@ -203,3 +203,12 @@ def test_rules_on_shared_memory_match_allreduce(tmp_path, ranks):
         assert r["max_diff"] <= 1e-5, r          # fp32 summation order only
         # BSP's outputs: the same bits on every rank
         assert r["checksum"] == results[0]["checksum"]
+
+
+def test_shm_exchanger_refuses_pickling_cleanly():
+    import pickle
+
+    ex = make_exchanger("shm", get_context().comm)
+    ex.allocate(4, np.float32)
+    with pytest.raises(pickle.PicklingError, match="cannot be pickled"):
+        pickle.dumps(ex)

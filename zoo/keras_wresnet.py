@@ -104,11 +104,12 @@ def parse_args(argv=None):
     p.add_argument("--lr-scaling", choices=["linear"], default=None,
                    help="scale lr by the number of ranks after a warm-up")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--strategy", default="ar",
-                   choices=["ar", "asa16", "shm"],
-                   help="exchanger for bsp (and synchronous easgd): ar "
-                        "(default), asa16 (fp16 on the wire) or shm (MPI "
-                        "shared memory, every rank on one host)")
+    p.add_argument("--strategy", default="auto",
+                   choices=["auto", "ar", "asa16", "shm"],
+                   help="bsp's exchanger: auto (default: shm when every "
+                        "rank is on one host, else ar), ar (MPI Allreduce), "
+                        "asa16 (fp16 on the wire) or shm (MPI shared "
+                        "memory)")
     p.add_argument("--data", choices=["digits", "cifar10", "mnist"],
                    default="digits",
                    help="digits: bundled with scikit-learn (default);\n"
@@ -131,7 +132,7 @@ def parse_args(argv=None):
     if not 0.0 <= args.dropout < 1.0:
         p.error(f"--dropout={args.dropout} must lie in [0, 1)")
     if args.rule != "bsp" and (args.lr_scaling or args.mode != "grads"
-                               or args.every != 1 or args.strategy != "ar"):
+                               or args.every != 1 or args.strategy != "auto"):
         p.error(f"--lr-scaling, --mode, --every and --strategy are options "
                 f"of the bsp rule, not of --rule {args.rule}")
     return args

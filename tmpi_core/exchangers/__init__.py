@@ -9,31 +9,49 @@ from tmpi_core.exchangers.asa16 import HalfPrecisionExchanger
 from tmpi_core.exchangers.base import Exchanger
 from tmpi_core.exchangers.shm import SharedMemoryExchanger
 
-__all__ = ["AllreduceExchanger", "Exchanger", "EXCHANGERS",
+__all__ = ["AllreduceExchanger", "Exchanger", "EXCHANGERS", "STRATEGIES",
            "HalfPrecisionExchanger", "SharedMemoryExchanger",
            "make_exchanger"]
 
 EXCHANGERS = {"ar": AllreduceExchanger, "asa16": HalfPrecisionExchanger,
               "shm": SharedMemoryExchanger}
 
+#: What a rule's ``strategy=`` accepts: an exchanger's name, or ``'auto'``
+#: (``'shm'`` when every rank is on one host, else ``'ar'``).
+STRATEGIES = ("auto", *sorted(EXCHANGERS))
+
+
+def resolve_strategy(strategy, comm):
+    """The exchanger name ``strategy`` stands for on ``comm`` (collective
+    for ``'auto'``: every rank must learn the same answer)."""
+    if strategy != "auto":
+        return strategy
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    one_host = node.Get_size() == comm.Get_size()
+    node.Free()
+    return "shm" if comm.allreduce(one_host, op=MPI.LAND) else "ar"
+
 
 def make_exchanger(strategy, comm):
     """Build the exchanger called ``strategy`` on ``comm``.
 
     Args:
-        strategy: one of :data:`EXCHANGERS`: ``'ar'`` (fp32 Allreduce),
-            ``'asa16'`` (fp16 on the wire) or ``'shm'`` (MPI shared memory,
-            every rank on one host; collective to make).
+        strategy: one of :data:`STRATEGIES`: ``'ar'`` (fp32 Allreduce),
+            ``'asa16'`` (fp16 on the wire), ``'shm'`` (MPI shared memory,
+            every rank on one host; collective to make) or ``'auto'``
+            (``'shm'`` on one host, else ``'ar'``; collective).
         comm: an ``mpi4py.MPI.Comm``.
 
     Raises:
         ValueError: for an unknown strategy, listing the known ones.
     """
-    try:
-        cls = EXCHANGERS[strategy]
-    except (KeyError, TypeError):
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(
             f"strategy={strategy!r} is not a known exchanger; choose one of "
-            f"{sorted(EXCHANGERS)}"
-        ) from None
-    return cls(comm)
+            f"{list(STRATEGIES)}")
+    if strategy == "auto":
+        Exchanger(comm)                    # checks comm before it is used
+        strategy = resolve_strategy(strategy, comm)
+    return EXCHANGERS[strategy](comm)

@@ -1,6 +1,7 @@
 """``shm``: a sum over the ranks of one host through MPI shared memory."""
 
 import atexit
+import pickle
 
 import numpy as np
 
@@ -88,6 +89,14 @@ class SharedMemoryExchanger(Exchanger):
         np.copyto(window.own, data)
         window.reduce()
         np.copyto(data, window.own)
+
+    def __reduce_ex__(self, protocol):
+        # Its MPI windows cannot travel. A PicklingError (not mpi4py's
+        # ValueError) lets probing serialisers, such as the numba backend
+        # of PyTensor checking the exchange Op's closure, fall back.
+        raise pickle.PicklingError(
+            "a SharedMemoryExchanger holds MPI shared-memory windows and "
+            "cannot be pickled")
 
     def free(self):
         """Free the windows (collective; safe to call twice). Buffers made

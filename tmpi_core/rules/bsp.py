@@ -3,7 +3,7 @@
 import numpy as np
 
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
-from tmpi_core.exchangers import EXCHANGERS, make_exchanger
+from tmpi_core.exchangers import STRATEGIES, make_exchanger
 from tmpi_core.rules.base import Rule, fused_buffer_for
 
 __all__ = ["BSP", "NonFiniteError"]
@@ -33,8 +33,9 @@ class BSP(Rule):
     Args:
         mode: ``'grads'`` (default) or ``'params'``.
         every: period in steps; ``> 1`` needs ``mode='params'``.
-        strategy: exchanger name: ``'ar'`` (default), ``'asa16'`` or
-            ``'shm'`` (see :func:`tmpi_core.make_exchanger`).
+        strategy: exchanger name: ``'auto'`` (default: ``'shm'`` when
+            every rank is on one host, else ``'ar'``), ``'ar'``, ``'asa16'``
+            or ``'shm'`` (see :func:`tmpi_core.make_exchanger`).
         lr_scaling: ``None`` or ``'linear'`` (see :class:`Rule`).
         warmup_steps: warm-up steps for linear scaling.
         nonfinite: what to do when a rank's gradients (or, in ``'params'``
@@ -58,7 +59,7 @@ class BSP(Rule):
     name = "bsp"
     title = "BSP"
 
-    def __init__(self, *, mode="grads", every=1, strategy="ar",
+    def __init__(self, *, mode="grads", every=1, strategy="auto",
                  lr_scaling=None, warmup_steps=0, nonfinite=None, comm=None):
         super().__init__(every=every, lr_scaling=lr_scaling,
                          warmup_steps=warmup_steps, comm=comm)
@@ -73,10 +74,10 @@ class BSP(Rule):
                 f"every={every} needs mode='params': gradients are averaged "
                 "every step; periodic averaging (local SGD) averages parameters"
             )
-        if not isinstance(strategy, str) or strategy not in EXCHANGERS:
+        if not isinstance(strategy, str) or strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy={strategy!r} is not a known exchanger; choose one "
-                f"of {sorted(EXCHANGERS)}"
+                f"of {list(STRATEGIES)}"
             )
         if nonfinite not in NONFINITE:
             raise ValueError(

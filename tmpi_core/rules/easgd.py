@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from tmpi_core.checks import describe_arrays
-from tmpi_core.exchangers import EXCHANGERS, make_exchanger
+from tmpi_core.exchangers import STRATEGIES, make_exchanger
 from tmpi_core.rules.base import Rule, _positive_int, fused_buffer_for
 
 __all__ = ["EASGD"]
@@ -39,7 +39,8 @@ class EASGD(Rule):
         alpha: moving rate in (0, 1); default ``beta`` / number of workers.
         beta: used when ``alpha`` is None; in (0, 1], paper default 0.9.
         synchronous: the synchronous form instead of server/worker.
-        strategy: exchanger for the synchronous allreduce (``'ar'``).
+        strategy: exchanger for the synchronous allreduce (``'auto'``:
+            ``'shm'`` on one host, else ``'ar'``; see :class:`BSP`).
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
 
     Raises:
@@ -54,7 +55,7 @@ class EASGD(Rule):
     title = "EASGD"
 
     def __init__(self, *, tau=1, alpha=None, beta=0.9, synchronous=False,
-                 strategy="ar", comm=None):
+                 strategy="auto", comm=None):
         tau = _positive_int("tau", tau)
         super().__init__(every=tau, comm=comm)
         if alpha is not None:
@@ -66,10 +67,10 @@ class EASGD(Rule):
             raise ValueError(f"beta={beta!r} must lie in (0, 1]")
         if not isinstance(synchronous, bool):
             raise ValueError(f"synchronous={synchronous!r} must be True or False")
-        if not isinstance(strategy, str) or strategy not in EXCHANGERS:
+        if not isinstance(strategy, str) or strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy={strategy!r} is not a known exchanger; choose one "
-                f"of {sorted(EXCHANGERS)}")
+                f"of {list(STRATEGIES)}")
         self.tau = tau
         self.alpha_option = alpha
         self.beta = beta
