@@ -18,8 +18,9 @@ from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.context import Context, get_context, install_abort_hook
 from tmpi_core.data import (load_cifar10, load_dataset, load_digits,
                             load_idx, load_mnist, shard, shard_indices)
-from tmpi_core.exchangers import (EXCHANGERS, AllreduceExchanger, Exchanger,
-                                  HalfPrecisionExchanger, make_exchanger)
+from tmpi_core.exchangers import (EXCHANGERS, STRATEGIES, AllreduceExchanger,
+                                  Exchanger, HalfPrecisionExchanger,
+                                  SharedMemoryExchanger, make_exchanger)
 from tmpi_core.recorder import Recorder, make_recorder, read_run
 from tmpi_core.rules import (BSP, EASGD, RULES, GoSGD, NonFiniteError, Rule,
                              make_rule)
@@ -43,6 +44,8 @@ __all__ = [
     "Interrupted",
     "NonFiniteError",
     "RULES",
+    "STRATEGIES",
+    "SharedMemoryExchanger",
     "Recorder",
     "ResumeError",
     "Rule",
