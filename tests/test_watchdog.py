@@ -18,28 +18,20 @@ import tmpi_core
 from tmpi_core import watchdog
 
 
-def _timed(*args, **kwargs):
+@pytest.mark.parametrize("case,exchange", [
+    ("extra-call", "BSP gradient exchange"),
+    ("easgd-extra", "EASGD elastic exchange"),
+])
+def test_an_extra_exchange_on_one_rank_ends_the_job(case, exchange):
     t0 = time.monotonic()
-    proc = run_mpi("exchange_timeout.py", 2, *args, check=False, **kwargs)
-    return proc, time.monotonic() - t0
-
-
-def test_an_extra_exchange_on_one_rank_ends_the_job():
-    proc, seconds = _timed("--case", "extra-call", timeout=60,
-                           env={"TMPI_EXCHANGE_TIMEOUT": 2})
+    proc = run_mpi("exchange_timeout.py", 2, "--case", case, check=False,
+                   timeout=60, env={"TMPI_EXCHANGE_TIMEOUT": 2})
+    seconds = time.monotonic() - t0
     assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert ("tmpi: rank 0 of 2 has waited 2 s in the BSP gradient exchange "
-            "at step 3 (TMPI_EXCHANGE_TIMEOUT=2)") in proc.stderr, proc.stderr
+    assert (f"tmpi: rank 0 of 2 has waited 2 s in the {exchange} at step 3 "
+            "(TMPI_EXCHANGE_TIMEOUT=2)") in proc.stderr, proc.stderr
     assert "Another rank is not taking part" in proc.stderr
     assert seconds < 30, seconds
-
-
-def test_an_extra_synchronous_easgd_exchange_ends_the_job():
-    proc, _ = _timed("--case", "easgd-extra", timeout=60,
-                     env={"TMPI_EXCHANGE_TIMEOUT": 2})
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert ("in the EASGD elastic exchange at step 3 "
-            "(TMPI_EXCHANGE_TIMEOUT=2)") in proc.stderr, proc.stderr
 
 
 def test_without_a_timeout_the_extra_exchange_waits(tmp_path):
