@@ -16,8 +16,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "mpi")
 
-__all__ = ["mpiexec", "run_mpi", "run_mpi_interrupted", "run_mpi_json",
-           "ROOT", "SCRIPTS"]
+__all__ = ["mpiexec", "note_errors_per_rank", "run_mpi", "run_mpi_interrupted",
+           "run_mpi_json", "ROOT", "SCRIPTS"]
+
+
+def note_errors_per_rank(out_dir, rank):
+    """In an MPI test script: note an uncaught error in ``out_dir/rank{r}.err``
+    (``Type: message``), then report it through the current hook (tmpi's).
+
+    The ranks' stderr lines can interleave, so tests read these files.
+    Install it after the last library that replaces ``sys.excepthook``.
+    """
+    previous = sys.excepthook
+
+    def _note_and_raise(exc_type, exc, tb):
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(f"{exc_type.__name__}: {exc}")
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = _note_and_raise
 
 
 def mpiexec():

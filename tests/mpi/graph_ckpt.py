@@ -19,6 +19,7 @@ import numpy as np
 from gmodels import build
 from kmodels import make_data
 from tmpi_core import Interrupted, get_context, shard
+from mpirun import note_errors_per_rank  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
@@ -49,18 +50,7 @@ train, params, updates = build(args.lib, args.optimizer, 100 + ctx.rank,
                                entry=args.entry, dist=dist, rule=args.rule,
                                options=options)
 # after the graph is built: PyTensor and Theano replace sys.excepthook
-_excepthook = sys.excepthook
-
-
-def _note_and_raise(exc_type, exc, tb):
-    # Each rank notes its own error in OUT/rank{r}.err (the ranks' stderr
-    # lines can interleave), then tmpi's hook reports it as usual.
-    with open(os.path.join(args.out, f"rank{RANK}.err"), "w") as f:
-        f.write(f"{exc_type.__name__}: {exc}")
-    _excepthook(exc_type, exc, tb)
-
-
-sys.excepthook = _note_and_raise
+note_errors_per_rank(args.out, RANK)
 ckpt = dist.Checkpointer(updates, args.ckpt)
 start = ckpt.restore()
 kill = tuple(map(int, args.kill.split(":"))) if args.kill else None

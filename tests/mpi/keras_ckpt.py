@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 import time
 
 import keras
@@ -20,6 +19,7 @@ import numpy as np
 
 import tmpi_adapters.keras as tmpi_keras
 from kmodels import compile_model, make_data, make_model, make_optimizer
+from mpirun import note_errors_per_rank  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
@@ -42,18 +42,7 @@ args = p.parse_args()
 
 rank, size = tmpi_keras.rank(), tmpi_keras.size()
 RANK = rank
-_excepthook = sys.excepthook
-
-
-def _note_and_raise(exc_type, exc, tb):
-    # Each rank notes its own error in OUT/rank{r}.err (the ranks' stderr
-    # lines can interleave), then tmpi's hook reports it as usual.
-    with open(os.path.join(args.out, f"rank{RANK}.err"), "w") as f:
-        f.write(f"{exc_type.__name__}: {exc}")
-    _excepthook(exc_type, exc, tb)
-
-
-sys.excepthook = _note_and_raise
+note_errors_per_rank(args.out, RANK)
 x, y = make_data(args.n)
 x, y = tmpi_keras.shard((x, y))
 model = compile_model(make_model(100 + rank), make_optimizer(args.optimizer))

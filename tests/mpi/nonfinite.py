@@ -8,11 +8,11 @@ each rank writes ``DIR/rank{r}.json`` when it gets to the end.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
 from tmpi_core import BSP, get_context
+from mpirun import note_errors_per_rank  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--case", required=True)
@@ -22,18 +22,7 @@ ctx = get_context()
 BAD = 3
 result = {}
 
-_excepthook = sys.excepthook
-
-
-def _note_and_raise(exc_type, exc, tb):
-    # Each rank notes its own error in DIR/rank{r}.err (stderr lines of the
-    # ranks interleave), then tmpi's hook reports it as usual.
-    with open(os.path.join(args.out, f"rank{ctx.rank}.err"), "w") as f:
-        f.write(f"{exc_type.__name__}: {exc}")
-    _excepthook(exc_type, exc, tb)
-
-
-sys.excepthook = _note_and_raise
+note_errors_per_rank(args.out, ctx.rank)
 
 if args.case.startswith(("core", "params")):
     mode = "params" if args.case.startswith("params") else "grads"

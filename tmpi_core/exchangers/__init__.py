@@ -7,7 +7,7 @@ they had in Theano-MPI.
 from tmpi_core.exchangers.ar import AllreduceExchanger
 from tmpi_core.exchangers.asa16 import HalfPrecisionExchanger
 from tmpi_core.exchangers.base import Exchanger
-from tmpi_core.exchangers.shm import SharedMemoryExchanger
+from tmpi_core.exchangers.shm import SharedMemoryExchanger, on_one_host
 
 __all__ = ["AllreduceExchanger", "Exchanger", "EXCHANGERS", "STRATEGIES",
            "HalfPrecisionExchanger", "SharedMemoryExchanger",
@@ -26,12 +26,7 @@ def resolve_strategy(strategy, comm):
     for ``'auto'``: every rank must learn the same answer)."""
     if strategy != "auto":
         return strategy
-    from mpi4py import MPI
-
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    one_host = node.Get_size() == comm.Get_size()
-    node.Free()
-    return "shm" if comm.allreduce(one_host, op=MPI.LAND) else "ar"
+    return "shm" if on_one_host(comm) else "ar"
 
 
 def make_exchanger(strategy, comm):

@@ -7,7 +7,18 @@ import numpy as np
 
 from tmpi_core.exchangers.base import Exchanger
 
-__all__ = ["SharedMemoryExchanger"]
+__all__ = ["SharedMemoryExchanger", "on_one_host"]
+
+
+def on_one_host(comm):
+    """True on every rank when all ranks of ``comm`` share one host
+    (``MPI_COMM_TYPE_SHARED``); collective."""
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    here = node.Get_size() == comm.Get_size()
+    node.Free()
+    return comm.allreduce(here, op=MPI.LAND)
 
 
 class SharedMemoryExchanger(Exchanger):
@@ -44,15 +55,8 @@ class SharedMemoryExchanger(Exchanger):
 
     def __init__(self, comm):
         super().__init__(comm)
-        from mpi4py import MPI
-
-        self._MPI = MPI
         self.rank = comm.Get_rank()
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        on_host = node.Get_size()
-        node.Free()
-        hosts_ok = comm.allreduce(on_host == self.size, op=MPI.LAND)
-        if not hosts_ok:
+        if not on_one_host(comm):
             raise ValueError(
                 "strategy='shm' needs every rank on one host (MPI shared "
                 f"memory); this job's {self.size} ranks span several. Use "
