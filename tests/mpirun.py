@@ -16,8 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "mpi")
 
-__all__ = ["mpiexec", "note_errors_per_rank", "run_mpi", "run_mpi_interrupted",
-           "run_mpi_json", "ROOT", "SCRIPTS"]
+__all__ = ["mpiexec", "note_errors_per_rank", "read_rank_json", "run_mpi",
+           "run_mpi_interrupted", "run_mpi_json", "ROOT", "SCRIPTS"]
 
 
 def note_errors_per_rank(out_dir, rank):
@@ -50,7 +50,7 @@ def mpiexec():
     return found
 
 
-def _command(script, n, args, env):
+def _command(script, n, args, env, mpiexec_args=()):
     path = script if os.path.isabs(script) else os.path.join(SCRIPTS, script)
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(
@@ -60,11 +60,13 @@ def _command(script, n, args, env):
             full_env.pop(key, None)
         else:
             full_env[key] = str(value)
-    cmd = [mpiexec(), "-n", str(n), sys.executable, path, *map(str, args)]
+    cmd = [mpiexec(), *map(str, mpiexec_args), "-n", str(n), sys.executable,
+           path, *map(str, args)]
     return cmd, full_env
 
 
-def run_mpi(script, n, *args, timeout=180, env=None, check=True):
+def run_mpi(script, n, *args, timeout=180, env=None, check=True,
+            mpiexec_args=()):
     """Run ``script`` (a path, or a name under tests/mpi) on ``n`` ranks.
 
     Args:
@@ -74,11 +76,13 @@ def run_mpi(script, n, *args, timeout=180, env=None, check=True):
         timeout: seconds before the run counts as hung.
         env: extra environment variables (``None`` removes one).
         check: assert a zero exit status.
+        mpiexec_args: extra ``mpiexec`` arguments before ``-n`` (rank
+            placement, as ``tests/hosts.py`` gives).
 
     Returns:
         subprocess.CompletedProcess with ``stdout`` and ``stderr`` as text.
     """
-    cmd, full_env = _command(script, n, args, env)
+    cmd, full_env = _command(script, n, args, env, mpiexec_args)
     # A session of its own, so that a hung job is killed whole: killing only
     # mpiexec would leave its ranks spinning in MPI for the rest of the run.
     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE,
@@ -111,15 +115,16 @@ def _kill_group(popen):
         pass
 
 
-def run_mpi_interrupted(script, n, marker, *args, wait=90, timeout=60):
+def run_mpi_interrupted(script, n, marker, *args, wait=90, timeout=60,
+                        mpiexec_args=()):
     """Run ``script`` on ``n`` ranks and send SIGINT to the launcher (Ctrl-C)
-    once the file ``marker`` exists.
+    once the file ``marker`` exists (``mpiexec_args`` as for ``run_mpi``).
 
     Returns:
         subprocess.CompletedProcess with the launcher's exit status and
         output, after it ended on the signal.
     """
-    cmd, full_env = _command(script, n, args, None)
+    cmd, full_env = _command(script, n, args, None, mpiexec_args)
     proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -145,6 +150,11 @@ def run_mpi_json(script, n, tmp_path, *args, **kwargs):
     out = tmp_path / "out"
     out.mkdir(parents=True, exist_ok=True)
     run_mpi(script, n, "--out", out, *args, **kwargs)
+    return read_rank_json(out, n)
+
+
+def read_rank_json(out, n):
+    """The ``out/rank{r}.json`` results of ranks 0..n-1, in rank order."""
     results = []
     for rank in range(n):
         with open(out / f"rank{rank}.json") as f:
