@@ -1,4 +1,5 @@
-"""The recorder: calc / comm / wait per rank and step, summaries, tmpi-report."""
+"""The recorder (tmpi_core.recorder): calc / comm / wait per rank and step;
+reading and summarising runs (tmpi_core.runs); tmpi-report."""
 
 import json
 import os
@@ -10,6 +11,8 @@ import pytest
 
 from mpirun import ROOT, run_mpi, run_mpi_json
 from tmpi_core import BSP, Recorder, make_recorder, make_rule, read_run
+from tmpi_core import recorder as recorder_module
+from tmpi_core import runs as runs_module
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -116,6 +119,25 @@ def test_one_rank_records_sums_and_reopens(tmp_path):
     rule.recorder.close()
     assert [line["step"] for line in lines_of(run, 0)] == list(range(6))
     assert summary_of(run)["per_rank"][0]["steps"] == 6
+
+
+def test_reading_runs_lives_in_runs_and_the_old_names_warn(tmp_path):
+    run = tmp_path / "run"
+    rule = make_rule("bsp")
+    rule.recorder = Recorder(run, verbose=False)
+    rule.start([np.zeros(2, np.float32)])
+    rule.recorder.end_step(loss=2.0)
+    summary = rule.recorder.close()
+    assert read_run is runs_module.read_run
+    assert runs_module.read_run(run)["summary"] == summary
+    assert runs_module.summary_text(summary).startswith("tmpi: 1 of 1 ranks")
+    # the names that moved out of the recorder still resolve there, warned
+    for name in ("read_run", "summary_text"):
+        with pytest.warns(DeprecationWarning,
+                          match=f"recorder.{name} moved to tmpi_core.runs"):
+            assert getattr(recorder_module, name) is getattr(runs_module, name)
+    with pytest.raises(AttributeError, match="no attribute 'read_lines'"):
+        recorder_module.read_lines
 
 
 def test_unwritable_run_dir_is_a_clear_error(tmp_path):

@@ -1,8 +1,12 @@
-"""Recorder: per rank and step, time in compute, exchange and waiting, plus loss.
+"""Live timing of training: per rank and step, compute, exchange and waiting.
 
-Theano-MPI's ``calc`` / ``comm`` / ``wait`` breakdown, written as JSON lines
-to a run directory and summarised by rank 0 when recording ends; draw it
-with ``tmpi-report RUN_DIR`` (:mod:`tmpi_core.report`).
+This module's one job is measuring while training runs: the
+:class:`Recorder` that rules time their exchanges into and adapters mark
+steps on, writing Theano-MPI's ``calc`` / ``comm`` / ``wait`` breakdown (and
+the loss and metrics) as JSON lines to a run directory. The file format,
+reading runs back (:func:`~tmpi_core.runs.read_run`) and summarising them
+live in :mod:`tmpi_core.runs`; the plots in ``tmpi-report RUN_DIR``
+(:mod:`tmpi_core.report`).
 
 What each number means, per step of one rank (seconds):
 
@@ -35,17 +39,18 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
+from tmpi_core import runs as _runs
 from tmpi_core._version import __version__
 from tmpi_core.context import get_context
 
-__all__ = ["Recorder", "make_recorder", "read_run", "summary_text"]
+__all__ = ["Recorder", "make_recorder"]
 
-_RESERVED = frozenset(("step", "epoch", "calc", "comm", "wait", "time",
-                       "samples"))
-_PARTS = ("calc", "comm", "wait")
+# Names that lived here before reading runs moved to tmpi_core.runs.
+_MOVED = frozenset(("read_run", "summary_text"))
 
 
 class Recorder:
@@ -189,7 +194,7 @@ class Recorder:
                 f"cannot create the run directory {self.run_dir!r}: {error}; "
                 "pass record= (or Recorder()) a directory every rank can "
                 "write"))
-        path = os.path.join(self.run_dir, f"rank{ctx.rank}.jsonl")
+        path = os.path.join(self.run_dir, _runs.rank_file(ctx.rank))
         opened = []
         # Appending: an old file is emptied at the first step, unless a
         # resumed run keeps its lines first (resume_at).
@@ -268,10 +273,10 @@ class Recorder:
         if loss is not None:
             line["loss"] = _scalar("loss", loss)
         for name, value in metrics.items():
-            if name in _RESERVED:
+            if name in _runs.LINE_FIELDS:
                 raise ValueError(
                     f"metric {name!r} clashes with a field of the record "
-                    f"line {sorted(_RESERVED)}; rename it")
+                    f"line {sorted(_runs.LINE_FIELDS)}; rename it")
             line[name] = _scalar(name, value)
         self._file.write(json.dumps(line) + "\n")
         self.step += 1
@@ -301,12 +306,14 @@ class Recorder:
         self._file = None
         self._last_end = None        # the next step counts from its exchange
         ctx = self._ctx
-        ranks = ctx.allgather(_rank_summary(ctx.rank, _read_lines(self.path)))
-        summary = _job_summary(self.run_dir, self._config, ranks)
+        ranks = ctx.allgather(
+            _runs.rank_summary(ctx.rank, _runs.read_lines(self.path)))
+        summary = _runs.job_summary(self.run_dir, self._config, ranks)
         if ctx.rank == 0:
-            _write_json(os.path.join(self.run_dir, "summary.json"), summary)
+            _write_json(os.path.join(self.run_dir, _runs.SUMMARY_FILE),
+                        summary)
             if self.verbose:
-                print(summary_text(summary), flush=True)
+                print(_runs.summary_text(summary), flush=True)
         self.summary = summary
         return summary
 
@@ -331,7 +338,8 @@ class Recorder:
         if self._file is None:
             raise RuntimeError("resume_at() needs an open recorder")
         self._file.flush()
-        kept = [r for r in _read_lines(self.path) if r.get("step", 0) < step]
+        kept = [r for r in _runs.read_lines(self.path)
+                if r.get("step", 0) < step]
         self._file.close()
         temp = f"{self.path}.tmp{os.getpid()}"
         with open(temp, "w", encoding="utf-8") as f:
@@ -364,7 +372,7 @@ class Recorder:
                 "measure_wait": self.measure_wait,
                 "samples_per_step": self.samples_per_step,
                 "argv": list(sys.argv)}
-        _write_json(os.path.join(self.run_dir, "meta.json"), meta)
+        _write_json(os.path.join(self.run_dir, _runs.META_FILE), meta)
 
     def _flush_quietly(self):
         if self._file is not None:
@@ -395,84 +403,6 @@ def make_recorder(record, *, comm=None):
     raise ValueError(
         f"record={record!r} must be a run directory (str or os.PathLike) or "
         "a tmpi_core.Recorder")
-
-
-def read_run(run_dir):
-    """Read a recorded run directory.
-
-    Args:
-        run_dir: a directory written by :class:`Recorder`.
-
-    Returns:
-        dict with ``meta`` (``meta.json`` or ``{}``), ``summary``
-        (``summary.json`` or None) and ``ranks``: one list of record dicts
-        per rank file, in rank order.
-
-    Raises:
-        ValueError: if the directory holds no record lines.
-    """
-    run_dir = os.fspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise ValueError(f"{run_dir!r} is not a directory")
-    meta = _read_json(os.path.join(run_dir, "meta.json")) or {}
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
-    size = meta.get("ranks")
-    if not isinstance(size, int):
-        names = [n for n in os.listdir(run_dir)
-                 if n.startswith("rank") and n.endswith(".jsonl")
-                 and n[4:-6].isdigit()]
-        size = 1 + max((int(n[4:-6]) for n in names), default=-1)
-    ranks = []
-    for r in range(size):
-        path = os.path.join(run_dir, f"rank{r}.jsonl")
-        ranks.append(_read_lines(path) if os.path.exists(path) else [])
-    if not any(ranks):
-        raise ValueError(
-            f"{run_dir!r} holds no records (rank*.jsonl lines); record a run "
-            "with TMPISync(..., record=RUN_DIR), distributed(..., "
-            "record=RUN_DIR) or a tmpi_core.Recorder")
-    return {"meta": meta, "summary": summary, "ranks": ranks}
-
-
-def summary_text(summary):
-    """One paragraph about a :meth:`Recorder.close` summary.
-
-    Args:
-        summary: the dict :meth:`Recorder.close` returns (``summary.json``).
-
-    Returns:
-        str: the paragraph rank 0 prints.
-    """
-    per = [r for r in summary["per_rank"] if r["steps"]]
-    rule = (summary.get("config") or {}).get("rule") or "no rule"
-    if not per:
-        return (f"tmpi: {summary['ranks']} ranks ({rule}) recorded no steps "
-                f"in {summary['run_dir']}.")
-
-    def span(part):
-        values = [r["total"][part] for r in per]
-        lo, hi = min(values), max(values)
-        return f"{lo:.3g} s" if np.isclose(lo, hi, rtol=0.005, atol=5e-4) \
-            else f"{lo:.3g}-{hi:.3g} s"
-
-    steps = sorted({r["steps"] for r in per})
-    total = summary["total"]
-    busy = sum(total.values())
-    share = 100.0 * (total["comm"] + total["wait"]) / busy if busy else 0.0
-    slow = max(per, key=lambda r: r["total"]["calc"])
-    text = (
-        f"tmpi: {len(per)} of {summary['ranks']} ranks recorded "
-        f"{'/'.join(map(str, steps))} steps ({rule}) in {summary['run_dir']}. "
-        f"Per rank, calc {span('calc')}, comm {span('comm')}, wait "
-        f"{span('wait')}; exchange and waiting take {share:.0f}% of the time "
-        f"in steps. Median step on rank {per[0]['rank']}: calc "
-        f"{1e3 * per[0]['median']['calc']:.3g} ms, comm "
-        f"{1e3 * per[0]['median']['comm']:.3g} ms, wait "
-        f"{1e3 * per[0]['median']['wait']:.3g} ms. Most compute: rank "
-        f"{slow['rank']} ({slow['total']['calc']:.3g} s).")
-    if summary.get("samples_per_s"):
-        text += f" {summary['samples_per_s']:.4g} samples/s in all."
-    return text + f" Plots: tmpi-report {summary['run_dir']}"
 
 
 # -- timers (preallocated; entered by rules around their exchanges) --------
@@ -531,7 +461,7 @@ def _not_opened():
         "(rule.recorder = rec) before rule.start(), on every rank")
 
 
-# -- files and summaries -----------------------------------------------------
+# -- files -------------------------------------------------------------------
 
 def _on_every_rank(error):
     # Every rank raises it together: the abort hook lets each rank print it
@@ -567,30 +497,6 @@ def _write_json(path, obj):
         raise
 
 
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError as e:
-            if number == len(lines):
-                break           # no newline after it: cut off by a kill
-            raise ValueError(f"{path}:{number} is not a record line "
-                             f"({e})") from None
-    return records
-
-
 def _scalar(name, value):
     try:
         if np.ndim(value) != 0:
@@ -602,44 +508,13 @@ def _scalar(name, value):
             "only") from None
 
 
-def _rank_summary(rank, lines):
-    """Totals, medians, wall time and samples of one rank's lines."""
-    out = {"rank": rank, "steps": len(lines),
-           "total": {p: float(sum(line[p] for line in lines)) for p in _PARTS},
-           "median": {p: (float(np.median([line[p] for line in lines]))
-                          if lines else None) for p in _PARTS}}
-    busy = sum(out["total"].values())
-    out["busy_s"] = busy
-    if lines:
-        first = lines[0]
-        out["wall_s"] = lines[-1]["time"] - (
-            first["time"] - sum(first[p] for p in _PARTS))
-    else:
-        out["wall_s"] = 0.0
-    counted = [line["samples"] for line in lines if "samples" in line]
-    out["samples"] = int(sum(counted)) if counted else None
-    out["samples_per_s"] = (out["samples"] / busy
-                            if counted and busy > 0 else None)
-    if lines and "loss" in lines[-1]:
-        out["last_loss"] = lines[-1]["loss"]
-    return out
-
-
-def _job_summary(run_dir, config, ranks):
-    """The whole job's summary from every rank's :func:`_rank_summary`."""
-    total = {p: float(sum(r["total"][p] for r in ranks)) for p in _PARTS}
-    samples = [r["samples"] for r in ranks if r["samples"] is not None]
-    slowest = max((r["busy_s"] for r in ranks), default=0.0)
-    return {
-        "run_dir": run_dir,
-        "ranks": len(ranks),
-        "config": config,
-        "steps": [r["steps"] for r in ranks],
-        "total": total,
-        "samples": int(sum(samples)) if samples else None,
-        # the job's throughput: every rank's samples over the time in steps
-        # of the slowest rank
-        "samples_per_s": (sum(samples) / slowest
-                          if samples and slowest > 0 else None),
-        "per_rank": ranks,
-    }
+def __getattr__(name):
+    # PEP 562: the reading names that moved to tmpi_core.runs still resolve
+    # here, with a warning, for code written against the old layout.
+    if name in _MOVED:
+        also = " (or tmpi_core.read_run)" if name == "read_run" else ""
+        warnings.warn(
+            f"tmpi_core.recorder.{name} moved to tmpi_core.runs.{name}; "
+            f"import it from there{also}", DeprecationWarning, stacklevel=2)
+        return getattr(_runs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,9 @@
 """``tmpi-report``: PNG plots of runs recorded with a :class:`~tmpi_core.Recorder`.
 
+This module's one job is drawing: it reads runs with
+:func:`tmpi_core.runs.read_run` and takes the record format from
+:mod:`tmpi_core.runs`.
+
 Usage::
 
     tmpi-report runs/bsp                      # plots into runs/bsp/
@@ -19,14 +23,11 @@ import sys
 
 import numpy as np
 
-from tmpi_core.recorder import read_run
+from tmpi_core.runs import LINE_FIELDS, PARTS, read_run
 
 __all__ = ["main", "plot_runs"]
 
-_PARTS = ("calc", "comm", "wait")
 _COLORS = {"calc": "#4c72b0", "comm": "#dd8452", "wait": "#c44e52"}
-_FIELDS = frozenset(("step", "epoch", "calc", "comm", "wait", "time",
-                     "samples"))
 
 
 def main(argv=None):
@@ -101,10 +102,10 @@ def _time_breakdown(runs, labels, out_dir):
     axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
     for ax, run, label in zip(axes, runs, labels):
         totals = {p: np.array([sum(line[p] for line in lines)
-                               for lines in run["ranks"]]) for p in _PARTS}
+                               for lines in run["ranks"]]) for p in PARTS}
         ranks = np.arange(len(run["ranks"]))
         bottom = np.zeros(len(ranks))
-        for part in _PARTS:
+        for part in PARTS:
             ax.bar(ranks, totals[part], bottom=bottom, color=_COLORS[part],
                    label=part, width=0.7)
             bottom += totals[part]
@@ -152,7 +153,7 @@ def _mean_curve(ranks, metric):
     """Steps, the metric's mean over ranks at each step, and each step's
     wall time (when the last rank finished it, from the first step's start)."""
     values, ends = {}, {}
-    starts = [lines[0]["time"] - sum(lines[0][p] for p in _PARTS)
+    starts = [lines[0]["time"] - sum(lines[0][p] for p in PARTS)
               for lines in ranks if lines]
     t0 = min(starts) if starts else 0.0
     for lines in ranks:
@@ -175,7 +176,7 @@ def _metrics(runs):
     for run in runs:
         for lines in run["ranks"]:
             for line in lines:
-                names.update(k for k in line if k not in _FIELDS)
+                names.update(k for k in line if k not in LINE_FIELDS)
     return sorted(names, key=lambda n: (n != "loss", n))
 
 
@@ -199,10 +200,10 @@ def _save(fig, out_dir, name):
 def _one_line(label, run):
     ranks = run["ranks"]
     totals = {p: sum(line[p] for lines in ranks for line in lines)
-              for p in _PARTS}
+              for p in PARTS}
     steps = "/".join(sorted({str(len(lines)) for lines in ranks if lines}))
     return (f"{label}: {len(ranks)} ranks, {steps} steps per rank; all ranks: "
-            + ", ".join(f"{p} {totals[p]:.3g} s" for p in _PARTS))
+            + ", ".join(f"{p} {totals[p]:.3g} s" for p in PARTS))
 
 
 if __name__ == "__main__":
