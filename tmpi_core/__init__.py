@@ -20,6 +20,8 @@ from tmpi_core.data import (load_cifar10, load_dataset, load_digits,
                             load_idx, load_mnist, shard, shard_indices)
 from tmpi_core.exchangers import (EXCHANGERS, STRATEGIES, AllreduceExchanger,
                                   Exchanger, HalfPrecisionExchanger,
+                                  HierarchicalExchanger,
+                                  HierarchicalHalfExchanger,
                                   SharedMemoryExchanger, make_exchanger)
 from tmpi_core.recorder import Recorder, make_recorder
 from tmpi_core.runs import read_run
@@ -42,6 +44,8 @@ __all__ = [
     "FlatBuffer",
     "GoSGD",
     "HalfPrecisionExchanger",
+    "HierarchicalExchanger",
+    "HierarchicalHalfExchanger",
     "Interrupted",
     "NonFiniteError",
     "RULES",

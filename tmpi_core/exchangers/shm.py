@@ -1,21 +1,62 @@
 """``shm``: a sum over the ranks of one host through MPI shared memory."""
 
 import atexit
+import os
 import pickle
 
 import numpy as np
 
 from tmpi_core.exchangers.base import Exchanger
 
-__all__ = ["SharedMemoryExchanger", "on_one_host"]
+__all__ = ["PRETEND_HOSTS_ENV", "SharedMemoryExchanger", "host_comm",
+           "on_one_host"]
+
+#: Environment variable that groups ranks into pretend hosts, for tests on
+#: one machine: comma-separated rank counts, consecutive ranks of the
+#: communicator per host (``"2,2"``: ranks 0-1 and 2-3; ``"2,1"``). Unset in
+#: normal use: hosts are what ``MPI_COMM_TYPE_SHARED`` finds.
+PRETEND_HOSTS_ENV = "TMPI_PRETEND_HOSTS"
+
+
+def host_comm(comm):
+    """The ranks of ``comm`` on this rank's host, as a new communicator
+    ordered by rank in ``comm`` (collective; the caller frees it).
+
+    Hosts are found with ``MPI_COMM_TYPE_SHARED``, or read from
+    :data:`PRETEND_HOSTS_ENV` where that is set (then every rank must see
+    the same value; the ranks really share one machine).
+
+    Raises:
+        ValueError: on every rank, for a pretend layout that is not a list
+            of positive rank counts summing to the size of ``comm``.
+    """
+    from mpi4py import MPI
+
+    pretend = os.environ.get(PRETEND_HOSTS_ENV, "").strip()
+    if not pretend:
+        return comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    size = comm.Get_size()
+    try:
+        counts = [int(c) for c in pretend.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or sum(counts) != size:
+        raise ValueError(
+            f"{PRETEND_HOSTS_ENV}={pretend!r} must be positive rank counts "
+            f"per pretend host summing to the {size} ranks, e.g. "
+            f"{','.join(['1'] * size)!r}; unset it to use the real hosts")
+    rank, host = comm.Get_rank(), 0
+    while rank >= sum(counts[:host + 1]):
+        host += 1
+    return comm.Split(host, key=rank)
 
 
 def on_one_host(comm):
     """True on every rank when all ranks of ``comm`` share one host
-    (``MPI_COMM_TYPE_SHARED``); collective."""
+    (see :func:`host_comm`); collective."""
     from mpi4py import MPI
 
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    node = host_comm(comm)
     here = node.Get_size() == comm.Get_size()
     node.Free()
     return comm.allreduce(here, op=MPI.LAND)
@@ -61,8 +102,7 @@ class SharedMemoryExchanger(Exchanger):
                 "strategy='shm' needs every rank on one host (MPI shared "
                 f"memory); this job's {self.size} ranks span several. Use "
                 "strategy='ar'")
-        self._windows = {}      # address of a rank's segment -> _Window
-        self._scratch = {}      # (n, dtype) -> _Window for foreign buffers
+        self._windows = _Windows(comm)
         self._freed = False
         atexit.register(self.free)
 
@@ -71,25 +111,18 @@ class SharedMemoryExchanger(Exchanger):
 
         Collective: every rank calls it with the same ``n`` and ``dtype``.
         """
-        window = _Window(self.comm, self.rank, n, dtype)
-        self._windows[window.address] = window
-        return window.own
+        return self._windows.allocate(n, dtype).own
 
     def allreduce_sum(self, buffer):
         """Replace ``buffer.data`` by its sum over all ranks, in place."""
         if self.size == 1:
             return
         data = buffer.data
-        window = self._windows.get(_address(data))
-        if window is not None and window.own.size == data.size \
-                and window.own.dtype == data.dtype:
+        window = self._windows.find(data)
+        if window is not None:
             window.reduce()
             return
-        key = (data.size, data.dtype.str)
-        window = self._scratch.get(key)
-        if window is None:
-            window = self._scratch[key] = _Window(self.comm, self.rank,
-                                                  data.size, data.dtype)
+        window = self._windows.scratch(data.size, data.dtype)
         np.copyto(window.own, data)
         window.reduce()
         np.copyto(data, window.own)
@@ -108,14 +141,67 @@ class SharedMemoryExchanger(Exchanger):
         if self._freed:
             return
         self._freed = True
-        for window in [*self._windows.values(), *self._scratch.values()]:
-            window.free()
-        self._windows.clear()
-        self._scratch.clear()
+        self._windows.free()
 
 
 def _address(a):
     return a.__array_interface__["data"][0]
+
+
+class _Windows:
+    """The shared windows an exchanger made on one host's communicator:
+    those handed out by :meth:`allocate`, found again by their memory, and
+    scratch windows for buffers that live elsewhere (one per size and
+    type). Shared by the ``shm`` and hierarchical exchangers."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self._allocated = {}    # address of this rank's segment -> _Window
+        self._scratch = {}      # (n, dtype) -> _Window
+
+    def allocate(self, n, dtype):
+        """A new window of ``n`` elements per rank (collective)."""
+        window = _Window(self.comm, self.rank, n, dtype)
+        self._allocated[window.address] = window
+        return window
+
+    def find(self, data):
+        """The window whose own segment is ``data``, else ``None``."""
+        window = self._allocated.get(_address(data))
+        if window is not None and window.own.size == data.size \
+                and window.own.dtype == data.dtype:
+            return window
+        return None
+
+    def scratch(self, n, dtype):
+        """The scratch window for ``n`` elements of ``dtype`` (made on first
+        use: collective then, in the same order on every rank)."""
+        key = (n, np.dtype(dtype).str)
+        window = self._scratch.get(key)
+        if window is None:
+            window = self._scratch[key] = _Window(self.comm, self.rank, n,
+                                                  dtype)
+        return window
+
+    def free(self):
+        """Free every window (collective; safe to call twice)."""
+        for window in [*self._allocated.values(), *self._scratch.values()]:
+            window.free()
+        self._allocated.clear()
+        self._scratch.clear()
+
+
+def sum_into(acc, others):
+    """``acc += sum(others)``, in order: the sum of one chunk."""
+    for other in others:
+        np.add(acc, other, out=acc)
+
+
+def copy_into(others, acc):
+    """Copy ``acc`` into every array of ``others``: spread one chunk."""
+    for other in others:
+        np.copyto(other, acc)
 
 
 class _Window:
@@ -137,26 +223,31 @@ class _Window:
         self.own.fill(0)
         self.address = _address(self.own)
         c = -(-n // p)                                   # ceil(n / p)
-        lo, hi = min(rank * c, n), min((rank + 1) * c, n)
-        self._mine = [s[lo:hi] for s in self.segments]   # chunk ``rank``
-        self._others = [j for j in range(p) if j != rank]
-        self._rank = rank
+        # chunk ``rank``: summed here, its sum copied into the others
+        self._mine, self._theirs = self.chunk(min(rank * c, n),
+                                              min((rank + 1) * c, n))
+
+    def chunk(self, lo, hi):
+        """Views of elements ``lo:hi``: this rank's, and every other rank's
+        in rank order (for :func:`sum_into` and :func:`copy_into`)."""
+        own = self.own[lo:hi]
+        return own, [s[lo:hi] for s in self.segments if s is not self.own]
+
+    def fence(self):
+        """Wait until every rank has reached this point, with every rank's
+        writes to the window visible to all (collective)."""
+        self.win.Sync()
+        self.comm.Barrier()
+        self.win.Sync()
 
     def reduce(self):
-        win, comm = self.win, self.comm
-        win.Sync()
-        comm.Barrier()              # every segment holds its rank's values
-        win.Sync()
-        acc = self._mine[self._rank]
-        for j in self._others:
-            np.add(acc, self._mine[j], out=acc)
-        for j in self._others:
-            np.copyto(self._mine[j], acc)
-        win.Sync()
-        comm.Barrier()              # every chunk's sum is everywhere
-        win.Sync()
+        """Sum every segment over ranks, in place (collective)."""
+        self.fence()                # every segment holds its rank's values
+        sum_into(self._mine, self._theirs)
+        copy_into(self._theirs, self._mine)
+        self.fence()                # every chunk's sum is everywhere
 
     def free(self):
-        self.segments = self._mine = self.own = None
+        self.segments = self._mine = self._theirs = self.own = None
         self.win.Unlock_all()
         self.win.Free()
