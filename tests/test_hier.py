@@ -1,12 +1,14 @@
 """The hierarchical exchangers (``hier``, ``hier16``): exact sums on ranks
-grouped into pretend hosts (``TMPI_PRETEND_HOSTS``), even and uneven, what
-``strategy='auto'`` picks, and bad input; one rank in this process."""
+grouped into pretend hosts (``TMPI_PRETEND_HOSTS``), even and uneven, and
+across 2 emulated hosts (``tests/hosts.py``), what ``strategy='auto'``
+picks, and bad input; one rank in this process."""
 
 import pickle
 
 import numpy as np
 import pytest
 
+from hosts import hostbed, run_on_hosts_json
 from mpirun import run_mpi_json
 from tmpi_core import (FlatBuffer, HierarchicalExchanger,
                        HierarchicalHalfExchanger, get_context, make_exchanger)
@@ -14,6 +16,8 @@ from tmpi_core.exchangers import resolve_strategy
 from tmpi_core.exchangers.shm import PRETEND_HOSTS_ENV
 
 VARIANTS = ("hier", "hier-1lane", "hier-chunked", "hier16", "hier16-chunked")
+
+bed = hostbed(2)
 
 
 @pytest.mark.parametrize("ranks, hosts, lanes", [
@@ -23,12 +27,30 @@ VARIANTS = ("hier", "hier-1lane", "hier-chunked", "hier16", "hier16-chunked")
 def test_hier_on_pretend_hosts(tmp_path, ranks, hosts, lanes):
     results = run_mpi_json("hier.py", ranks, tmp_path, timeout=300,
                            env={PRETEND_HOSTS_ENV: hosts})
-    sizes = [int(h) for h in hosts.split(",")]
+    _check(results, [int(h) for h in hosts.split(",")], lanes,
+           sizes_per_case=4)
+
+
+def test_hier_across_emulated_hosts(tmp_path, bed):
+    """2 hosts x 2 ranks in network namespaces: the hosts are MPI's own
+    (``MPI_COMM_TYPE_SHARED``), and the exchange really crosses the links."""
+    before = bed.link_bytes()
+    results = run_on_hosts_json("hier.py", tmp_path, "--sizes", "7,700,4099",
+                                hosts=2, ppn=2, timeout=300,
+                                env={PRETEND_HOSTS_ENV: None})
+    moved = bed.bytes_since(before)
+    _check(results, [2, 2], 2, sizes_per_case=3)
+    # each host sent at least one fp32 copy of every buffer it exchanged
+    assert all(m["tx"] > 2 * 3 * 4099 * 4 for m in moved.values()), moved
+
+
+def _check(results, sizes, lanes, *, sizes_per_case):
+    ranks = sum(sizes)
     for rank, r in enumerate(results):
         assert r["layout"] == sizes and r["host"] == (rank >= sizes[0]), r
         cases = {k: v for k, v in r["cases"].items() if isinstance(v, dict)}
-        # 5 variants x 2 dtypes x 4 sizes x (window, foreign buffer)
-        assert len(cases) == len(VARIANTS) * 2 * 4 * 2
+        # variants x 2 dtypes x sizes x (window, foreign buffer)
+        assert len(cases) == len(VARIANTS) * 2 * sizes_per_case * 2
         for key, v in cases.items():
             assert v["exact"] and v["within_bound"], (rank, key, v)
             # every rank holds the same bits
