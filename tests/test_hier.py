@@ -72,7 +72,8 @@ def _check(results, sizes, lanes, *, sizes_per_case):
         assert errors["lanes_too_many"].startswith(
             f"lanes={min(sizes) + 1} is more than the {min(sizes)} rank(s) "
             f"of the smallest host (ranks per host: {sizes})")
-        assert errors["chunk_bytes"].startswith("chunk_bytes=100 must be None")
+        assert errors["chunk_bytes"].startswith(
+            "chunk_bytes=100 must be a whole number of bytes >= 1024")
 
 
 @pytest.mark.parametrize("strategy", ["hier", "hier16"])
@@ -111,5 +112,6 @@ def test_hier_arguments_are_checked():
         HierarchicalHalfExchanger(comm, lanes=2)
     with pytest.raises(ValueError, match=r"lanes=1.5 must be None"):
         HierarchicalExchanger(comm, lanes=1.5)
-    with pytest.raises(ValueError, match=r"chunk_bytes=1023 must be None"):
+    with pytest.raises(ValueError, match=r"chunk_bytes=1023 must be a whole "
+                                         r"number of bytes >= 1024"):
         HierarchicalExchanger(comm, chunk_bytes=1023)

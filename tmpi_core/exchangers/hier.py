@@ -12,11 +12,14 @@ from tmpi_core.exchangers.asa16 import HalfPrecisionExchanger
 from tmpi_core.exchangers.base import Exchanger
 from tmpi_core.exchangers.shm import _Windows, copy_into, host_comm, sum_into
 
-__all__ = ["BETWEEN", "HierarchicalExchanger", "HierarchicalHalfExchanger",
+__all__ = ["BETWEEN", "CHUNK_BYTES", "HierarchicalExchanger", "HierarchicalHalfExchanger",
            "HostLayout", "host_layout"]
 
 #: What ``between=`` accepts: the exchanger used among hosts.
 BETWEEN = ("ar", "asa16")
+
+#: Default largest chunk, in bytes, one inter-host collective each.
+CHUNK_BYTES = 4 * 2**20
 
 HostLayout = namedtuple("HostLayout", "comm host sizes")
 HostLayout.__doc__ = """Where the ranks of a communicator live.
@@ -82,9 +85,11 @@ class HierarchicalExchanger(Exchanger):
 
     With ``L > 1`` lanes the ``L`` inter-host reductions run side by side
     over ``L`` connections, and while one lane has a chunk on the network
-    another sums its next chunk in shared memory. Smaller chunks
-    (``chunk_bytes``) pipeline more finely at the price of one collective
-    per chunk.
+    another sums its next chunk in shared memory. Chunks are at most
+    ``chunk_bytes`` (default 4 MiB), one collective each: over TCP, single
+    messages of 8 MiB or more moved well below the link's rate, while a
+    stream of 1-4 MiB chunks kept within a few percent of it
+    (``benchmarks/RESULTS.md``).
 
     A buffer that does not come from :meth:`allocate` still works: it is
     copied into a scratch window and back.
@@ -103,9 +108,8 @@ class HierarchicalExchanger(Exchanger):
         lanes: ranks per host that exchange with other hosts, each for its
             share of the chunks: ``None`` (default) for as many as the host
             with the fewest ranks has, or a whole number from 1 to that.
-        chunk_bytes: ``None`` (default) for one chunk per lane, or the
-            largest chunk in bytes (``>= 1024``): smaller chunks for a finer
-            pipeline.
+        chunk_bytes: the largest chunk in bytes (``>= 1024``; default
+            4 MiB), or ``None`` for one chunk per lane.
 
     Raises:
         ValueError: on every rank, for an unknown ``between``, a ``lanes``
@@ -123,7 +127,8 @@ class HierarchicalExchanger(Exchanger):
 
     name = "hier"
 
-    def __init__(self, comm, *, between="ar", lanes=None, chunk_bytes=None):
+    def __init__(self, comm, *, between="ar", lanes=None,
+                 chunk_bytes=CHUNK_BYTES):
         super().__init__(comm)
         from mpi4py import MPI
 
@@ -140,8 +145,8 @@ class HierarchicalExchanger(Exchanger):
                 isinstance(chunk_bytes, bool)
                 or not isinstance(chunk_bytes, int) or chunk_bytes < 1024):
             raise ValueError(
-                f"chunk_bytes={chunk_bytes!r} must be None (one chunk per "
-                "lane) or a whole number of bytes >= 1024")
+                f"chunk_bytes={chunk_bytes!r} must be a whole number of bytes "
+                ">= 1024, or None for one chunk per lane")
         layout = host_layout(comm)
         fewest = min(layout.sizes)
         if lanes is not None and lanes > fewest:
@@ -265,6 +270,6 @@ class HierarchicalHalfExchanger(HierarchicalExchanger):
 
     name = "hier16"
 
-    def __init__(self, comm, *, lanes=None, chunk_bytes=None):
+    def __init__(self, comm, *, lanes=None, chunk_bytes=CHUNK_BYTES):
         super().__init__(comm, between="asa16", lanes=lanes,
                          chunk_bytes=chunk_bytes)
