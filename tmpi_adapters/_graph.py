@@ -161,7 +161,7 @@ class DistributedUpdates(collections.OrderedDict):
             ...         train(xb, yb)
             >>> updates.finalize()
         """
-        if getattr(self.rule, "role", "peer") != "server":
+        if self.rule.role != "server":
             return False
         _set_values(self.synchronised, self.rule.serve())
         return True
@@ -178,16 +178,36 @@ class DistributedUpdates(collections.OrderedDict):
         _set_values(self.synchronised, values)
         if self.rule.recorder is not None:
             self.rule.recorder.close()
+        self.rule.close()
+
+    def batches(self, batches):
+        """This rank's batches, ending every rank's epoch at the same step
+        when ranks hold different numbers of them.
+
+        A rank that runs out tells the others (one tiny non-blocking
+        allreduce per step); under BSP it then runs the compiled function
+        on its last batch, marked as no data, and applies the average of
+        the ranks that had one, so all stay equal (see
+        :class:`tmpi_core.UnevenBatches`). With a checkpointer, use its
+        ``batches`` instead, so stop requests share the rounds.
+
+        Example:
+            >>> for xb, yb in updates.batches(my_batches):
+            ...     train(xb, yb)
+        """
+        from tmpi_core.uneven import UnevenBatches
+
+        return UnevenBatches(batches, rule=self.rule)
 
 
-def _distributed(lib, updates, rule="bsp", *, params=None, comm=None,
+def distributed(lib, updates, rule="bsp", *, params=None, comm=None,
                 record=None, **options):
-    """``distributed`` for ``lib`` (documented in :data:`_DISTRIBUTED_DOC`)."""
+    """``distributed`` for ``lib`` (see :func:`tmpi_adapters.lasagne.distributed`)."""
     pairs = _update_pairs(lib, updates)
     rule = _make_rule(rule, comm, options, default_mode="params")
     if record is not None:
         rule.recorder = make_recorder(record, comm=comm)
-    if getattr(rule, "mode", None) == "grads":
+    if rule.exchanges_gradients:
         raise ValueError(
             "distributed(updates) exchanges the updated values; to average "
             "gradients use distributed_grads(grads) before the update rule")
@@ -211,7 +231,7 @@ def _distributed(lib, updates, rule="bsp", *, params=None, comm=None,
                                    names=names))
 
     def exchange(arrays):
-        out = rule.end_step(arrays if rule.wants_params() else None)
+        out = rule.end_step(arrays)
         return arrays if out is None else out
 
     op = lib.ExchangeOp(exchange, f"{rule.name}:updates")
@@ -224,9 +244,10 @@ def _distributed(lib, updates, rule="bsp", *, params=None, comm=None,
     return new
 
 
-def _distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
+def distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
                       record=None, **options):
-    """``distributed_grads`` for ``lib``."""
+    """``distributed_grads`` for ``lib`` (see
+    :func:`tmpi_adapters.lasagne.distributed_grads`)."""
     if isinstance(grads, (str, bytes)) or not hasattr(grads, "__iter__"):
         raise ValueError(
             f"grads must be a list of symbolic gradients, got "
@@ -240,10 +261,11 @@ def _distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
                 f"grads[{i}] is a {type(g).__name__}, not a {lib.name} "
                 "variable; pass the list T.grad(loss, params) returns")
     rule = _make_rule(rule, comm, options, default_mode="grads")
-    if getattr(rule, "mode", "grads") != "grads":
+    if not rule.exchanges_gradients:
         raise ValueError(
-            f"distributed_grads() averages gradients; mode={rule.mode!r} "
-            "belongs to distributed(updates)")
+            f"distributed_grads() averages gradients; {rule!r} does not "
+            "(mode='params' and the other rules belong to "
+            "distributed(updates))")
     if record is not None:
         if not isinstance(record, Recorder):
             raise ValueError(
@@ -253,7 +275,7 @@ def _distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
                 "record=rec); rec.end_step(loss=...) per step; rec.close()")
         rule.recorder = record
     if params is not None:
-        _broadcast(lib, params, comm=rule._comm, _rule=rule)
+        broadcast(lib, params, _rule=rule)
 
     def exchange(arrays):
         out = rule.on_gradients(arrays)
@@ -264,7 +286,7 @@ def _distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
     return _as_list(op(*grads))
 
 
-def _broadcast(lib, params, *, comm=None, _rule=None):
+def broadcast(lib, params, *, comm=None, _rule=None):
     """``broadcast`` for ``lib``; with ``_rule``, through its ``start``."""
     params = _shared_list(lib, params, "params")
     values = [p.get_value(borrow=True) for p in params]
@@ -275,134 +297,6 @@ def _broadcast(lib, params, *, comm=None, _rule=None):
     ctx = get_context(comm)
     check_same_across_ranks(ctx, describe_arrays(values, names), "parameters")
     _set_values(params, broadcast_arrays(ctx, values))
-
-
-# -- the public functions, bound to one library ------------------------------
-
-_DISTRIBUTED_DOC = """Return ``updates`` that synchronise across ranks at every call.
-
-    The new values of the updated floating-point shared variables (the
-    parameters and the update rule's state, e.g. momentum velocities) pass
-    through one exchange Op. With ``rule='bsp'`` (``mode='params'``) they are
-    averaged every ``every`` calls: ``x <- (1/p) sum_i x_i``, which for SGD
-    and momentum SGD from equal starts is large-batch SGD. Rank 0's current
-    values are broadcast now, before the first call.
-
-    Args:
-        updates: the ``OrderedDict`` an update function (Lasagne's, for
-            instance) returns, or any updates dict or list of
-            ``(shared, expression)`` pairs.
-        rule: rule name or :class:`tmpi_core.Rule`.
-        params: restrict the exchange to these shared variables (default:
-            every floating-point variable the updates change).
-        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
-        record: a run directory (or a :class:`tmpi_core.Recorder`): the
-            exchange's comm / wait seconds are timed, and
-            ``updates.record(loss=...)`` after each call writes the step
-            (see :class:`DistributedUpdates`); ``finalize()`` writes the
-            summary. Plot with ``tmpi-report RUN_DIR``.
-        **options: the rule's options (``every=4``).
-
-    Returns:
-        DistributedUpdates: an ``OrderedDict`` to pass to
-        ``{function}(updates=...)``; its ``finalize()`` averages once
-        more after training.
-
-    Raises:
-        ValueError: for keys that are not shared variables, an unknown rule
-            or option, ``mode='grads'``, or (on every rank) models that
-            differ across ranks.
-
-    Example:
-        >>> updates = {module}.distributed(updates, every=4)
-    """
-
-_DISTRIBUTED_GRADS_DOC = """Average symbolic gradients across ranks before any update rule.
-
-    ``g <- (1/p) sum_i g_i`` in one fused collective per call: feeding the
-    result to ``adam`` (or any update rule) is exactly large-batch
-    training with batch ``p*b``.
-
-    Args:
-        grads: the list ``{grad}(loss, params)`` returns.
-        rule: rule name (``'bsp'``) or :class:`tmpi_core.Rule`.
-        params: the parameters; if given, rank 0's values are broadcast now
-            (otherwise call :func:`broadcast` before training).
-        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
-        record: a :class:`tmpi_core.Recorder` you hold: the exchange is
-            timed into it; call its ``end_step(loss=...)`` after each step
-            and ``close()`` after training.
-        **options: the rule's options.
-
-    Returns:
-        list of symbolic averaged gradients, in order.
-
-    Raises:
-        ValueError: for non-symbolic input, ``mode='params'``, an unknown
-            rule or option; on every rank at the first call if the
-            gradients' shapes differ across ranks.
-
-    Example:
-        >>> grads = {module}.distributed_grads({grad}(loss, params),
-        ...                                        params=params)
-        >>> updates = adam(grads, params)
-    """
-
-_BROADCAST_DOC = """Set every rank's shared variables to rank 0's values (collective).
-
-    Call it on every rank after building (or loading) the model and before
-    training, unless :func:`distributed` or ``distributed_grads(params=...)``
-    already did.
-
-    Args:
-        params: the model's shared variables (with Lasagne:
-            ``lasagne.layers.get_all_params(network)``).
-        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
-
-    Raises:
-        ValueError: on every rank if the parameters differ in count, shape or
-            dtype across ranks.
-    """
-
-
-def public_api(libname, *, module, function, grad):
-    """The public ``distributed``, ``distributed_grads`` and ``broadcast``
-    bound to ``libname`` (``'theano'`` or ``'pytensor'``).
-
-    Args:
-        libname: the graph library.
-        module: the public module's name, for ``__module__`` and examples.
-        function, grad: how the docs spell ``function`` and ``grad``.
-
-    Returns:
-        dict of the three functions.
-    """
-    short = module.rsplit(".", 1)[-1]
-    fill = dict(function=function, grad=grad, module=f"tmpi_{short}")
-
-    def distributed(updates, rule="bsp", *, params=None, comm=None,
-                    record=None, **options):
-        return _distributed(graph_lib(libname), updates, rule, params=params,
-                            comm=comm, record=record, **options)
-
-    def distributed_grads(grads, rule="bsp", *, params=None, comm=None,
-                          record=None, **options):
-        return _distributed_grads(graph_lib(libname), grads, rule,
-                                  params=params, comm=comm, record=record,
-                                  **options)
-
-    def broadcast(params, *, comm=None):
-        return _broadcast(graph_lib(libname), params, comm=comm)
-
-    api = {}
-    for fn, doc in ((distributed, _DISTRIBUTED_DOC),
-                    (distributed_grads, _DISTRIBUTED_GRADS_DOC),
-                    (broadcast, _BROADCAST_DOC)):
-        fn.__doc__ = doc.format(**fill)
-        fn.__module__ = module
-        fn.__qualname__ = fn.__name__
-        api[fn.__name__] = fn
-    return api
 
 
 # -- helpers ------------------------------------------------------------------

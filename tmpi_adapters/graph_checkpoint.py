@@ -14,6 +14,9 @@ The loop is yours, so the checkpointer is a small object you call from it::
         ckpt.save(epoch=epoch + 1)
     updates.finalize()
 
+The work is done by a :class:`tmpi_core.TrainingState`; this module only
+says how shared variables are read and written.
+
 What it stores: every shared variable the updates write (parameters and the
 update rule's own state: momentum velocities, Adam's moments and step), any
 ``extra`` shared variables, the rule's state (step, EASGD center, GoSGD
@@ -22,19 +25,54 @@ ranks equal (BSP on gradients) store the variables once; the others store
 each rank's own.
 """
 
-import signal
-
 import numpy as np
 
-from tmpi_core.checkpoint import (Checkpointer as _Store, ResumeError,
-                                  check_resumable, from_json_array, get_rng_state, json_array,
-                                  restore_rule_state, rule_state_arrays,
-                                  set_rng_state)
-from tmpi_core.context import get_context
+from tmpi_core.rules import make_rule
+from tmpi_core.state import ModelIO, TrainingState, ordered_arrays
 
 __all__ = ["Checkpointer"]
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+class SharedVariablesIO(ModelIO):
+    """Shared variables (Theano or PyTensor) as a
+    :class:`tmpi_core.state.ModelIO`: ``var/i`` in a checkpoint.
+
+    Args:
+        variables: every shared variable a checkpoint holds.
+        synchronised: those the rule exchanges, in its order.
+    """
+
+    def __init__(self, variables, synchronised):
+        self.variables = variables
+        self.synchronised = synchronised
+
+    def read_synchronised(self):
+        """The synchronised variables' values."""
+        return [v.get_value(borrow=True) for v in self.synchronised]
+
+    def write_synchronised(self, arrays):
+        """Set the synchronised variables (cast to each one's dtype)."""
+        for v, value in zip(self.synchronised, arrays):
+            v.set_value(np.array(value, dtype=v.dtype))
+
+    def read_all(self):
+        """Every variable's value, ``var/i``."""
+        return {f"var/{i}": np.array(v.get_value(borrow=True))
+                for i, v in enumerate(self.variables)}
+
+    def load_all(self, arrays, path):
+        """Set every variable from a checkpoint's ``var/i``."""
+        targets = [_Shape(v) for v in self.variables]
+        for v, value in zip(self.variables,
+                            ordered_arrays(arrays, "var", targets, path)):
+            v.set_value(np.asarray(value, dtype=v.dtype))
+
+
+class _Shape:
+    __slots__ = ("shape",)
+
+    def __init__(self, variable):
+        self.shape = np.shape(variable.get_value(borrow=True))
 
 
 class Checkpointer:
@@ -43,7 +81,8 @@ class Checkpointer:
     Args:
         updates: what :func:`distributed` returned (a ``DistributedUpdates``),
             or, with ``distributed_grads``, the updates your update rule
-            returned (an OrderedDict or a list of pairs) (then pass ``rule`` if it is not BSP on gradients).
+            returned (an OrderedDict or a list of pairs); then pass ``rule``
+            if it is not BSP on gradients.
         directory: the checkpoint directory (shared by all hosts).
         rule: the :class:`tmpi_core.Rule`; default ``updates.rule`` if
             present, else BSP on gradients (every rank equal).
@@ -51,8 +90,13 @@ class Checkpointer:
             through ``default_update``, say).
         keep: newest checkpoints to keep.
         watch_signals: catch SIGINT/SIGTERM so :meth:`stop_requested` can
-            stop every rank together (default True).
-        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+            stop every rank together (default True); the previous handlers
+            come back at :meth:`close`.
+        comm: an ``mpi4py.MPI.Comm`` for the default rule; default
+            ``COMM_WORLD``.
+
+    Attributes:
+        state: the :class:`tmpi_core.TrainingState` doing the work.
 
     Raises:
         ValueError: for updates that hold no shared variable.
@@ -75,22 +119,19 @@ class Checkpointer:
                                     for v in variables):
             raise ValueError("updates and extra must be shared variables")
         self.variables = variables
-        self.rule = rule if rule is not None else getattr(updates, "rule",
-                                                          None)
-        self._synchronised = getattr(updates, "synchronised", None)
-        comm = comm if comm is not None else getattr(
-            self.rule, "_comm", None)
-        self.ctx = get_context(comm)
-        self.store = _Store(directory, keep=keep, comm=self.ctx.comm)
-        self._signals = []
+        synchronised = None
+        if isinstance(updates, _distributed_updates()):
+            rule = rule if rule is not None else updates.rule
+            synchronised = updates.synchronised
+        if rule is None:
+            rule = make_rule("bsp", mode="grads", comm=comm)
+        self.rule = rule
+        self.state = TrainingState(
+            rule, SharedVariablesIO(variables, synchronised or []),
+            directory=directory, keep=keep)
         if watch_signals:
-            for sig in _SIGNALS:
-                try:
-                    signal.signal(sig, lambda s, f: self._signals.append(s))
-                except ValueError:       # not the main thread
-                    pass
+            self.state.arm()
 
-    # -- resume -------------------------------------------------------------
     def restore(self):
         """Load the newest checkpoint (collective).
 
@@ -98,49 +139,11 @@ class Checkpointer:
             the epoch to resume at (``meta['epoch']``), 0 without one.
 
         Raises:
-            ValueError: when the checkpoint does not fit these variables or
-                this rule.
+            ResumeError: when the checkpoint does not fit these variables
+                or this rule.
         """
-        ckpt = self.store.load()
-        if ckpt is None:
-            return 0
-        meta = ckpt.meta
-        rule = self.rule
-        check_resumable(ckpt, rule, self.ctx)
-        if meta.get("center_only"):
-            center = [ckpt.shared[f"center/{i}"]
-                      for i in range(len(self._synchronised))]
-            for v, value in zip(self._synchronised, center):
-                v.set_value(np.asarray(value, dtype=v.dtype))
-        else:
-            source = ckpt.shared if "var/0" in ckpt.shared else ckpt.local
-            self._assign(source, ckpt.path)
-        if rule is not None:
-            restore_rule_state(rule, ckpt)
-            recorder = getattr(rule, "recorder", None)
-            if recorder is not None and recorder.is_open:
-                recorder.resume_at(rule.step)
-        if "rng" in ckpt.local:
-            set_rng_state(from_json_array(ckpt.local["rng"]))
-        return int(meta["epoch"])
+        return self.state.restore()
 
-    def _assign(self, source, path):
-        count = sum(1 for k in source if k.startswith("var/"))
-        if count != len(self.variables):
-            raise ResumeError(
-                f"checkpoint {path} holds {count} shared variables; these "
-                f"updates have {len(self.variables)}: resume with the model "
-                "and update rule that wrote it")
-        for i, v in enumerate(self.variables):
-            value = source[f"var/{i}"]
-            current = v.get_value(borrow=True)
-            if np.shape(value) != np.shape(current):
-                raise ResumeError(
-                    f"checkpoint {path}: variable {i} ({v.name}) has shape "
-                    f"{np.shape(value)} there and {np.shape(current)} here")
-            v.set_value(np.asarray(value, dtype=np.asarray(current).dtype))
-
-    # -- writing --------------------------------------------------------------
     def save(self, *, epoch, batch=0, interrupted=False):
         """Write a checkpoint of every rank (collective; rank 0 writes).
 
@@ -157,29 +160,8 @@ class Checkpointer:
             tmpi_core.checkpoint.CheckpointError: on every rank when it
                 cannot be written; the previous checkpoint is kept.
         """
-        rule = self.rule
-        if rule is not None and self._synchronised is not None:
-            fresh = rule.quiesce([v.get_value(borrow=True)
-                                  for v in self._synchronised])
-            if fresh is not None:
-                for v, value in zip(self._synchronised, fresh):
-                    v.set_value(np.array(value, dtype=v.dtype))
-        values = {f"var/{i}": np.array(v.get_value(borrow=True))
-                  for i, v in enumerate(self.variables)}
-        shared, local = (rule_state_arrays(rule) if rule is not None
-                         else ({}, {}))
-        local["rng"] = json_array(get_rng_state())
-        if rule is None or rule.ranks_identical:
-            shared.update(values)
-        else:
-            local.update(values)
-        if getattr(rule, "recorder", None) is not None:
-            rule.recorder.flush()
-        meta = {"epoch": int(epoch), "batches_into_epoch": int(batch),
-                "interrupted": bool(interrupted),
-                "step": rule.step if rule is not None else None,
-                "rule": rule.config() if rule is not None else None}
-        return self.store.save(shared, local=local, meta=meta)
+        return self.state.save(epoch=epoch, batch=batch,
+                               interrupted=interrupted)
 
     def serve(self, *, every_exchanges=100):
         """The asynchronous EASGD server's loop, checkpointing the center.
@@ -187,43 +169,37 @@ class Checkpointer:
         Use instead of ``updates.serve()``: on the server it serves until
         the workers finish, writing the center every ``every_exchanges``
         exchanges and at the end, and returns True; elsewhere False.
+
+        Raises:
+            ValueError: for a bad ``every_exchanges``.
         """
-        if isinstance(every_exchanges, bool) or not isinstance(
-                every_exchanges, int) or every_exchanges < 1:
-            raise ValueError(f"every_exchanges={every_exchanges!r} must be "
-                             "an integer >= 1")
-        rule = self.rule
-        if getattr(rule, "role", "peer") != "server":
-            return False
-        base = rule.exchanges
+        return self.state.serve(every_exchanges=every_exchanges)
 
-        def on_exchange(exchanges, center):
-            if (exchanges - base) % every_exchanges == 0:
-                self._save_center(rule, center)
-
-        center = rule.serve(on_exchange=on_exchange)
-        for v, value in zip(self._synchronised, center):
-            v.set_value(np.array(value, dtype=v.dtype))
-        self._save_center(rule, center)
-        return True
-
-    def _save_center(self, rule, center):
-        shared = {f"center/{i}": np.array(a) for i, a in enumerate(center)}
-        rule_shared, local = rule_state_arrays(rule)
-        shared.update(rule_shared)
-        shared.update(local)
-        meta = {"epoch": 0, "batches_into_epoch": 0, "interrupted": False,
-                "step": rule.step, "rule": rule.config(), "center_only": True,
-                "exchanges": rule.exchanges}
-        return self.store.save_local(shared, meta=meta)
-
-    # -- stopping -------------------------------------------------------------
     def stop_requested(self):
         """True on every rank once any rank got SIGINT/SIGTERM (collective:
         call it at the same point of the loop on every rank; one tiny
-        allreduce). Asynchronous-rule workers decide alone."""
-        if getattr(self.rule, "role", "peer") != "peer":
-            return bool(self._signals)
-        flag = np.array([1.0 if self._signals else 0.0])
-        self.ctx.allreduce_sum(flag)
-        return bool(flag[0] > 0)
+        non-blocking allreduce, decided one call later, so every rank says
+        True at the same call). Asynchronous-rule workers decide alone."""
+        return self.state.stop_requested()
+
+    def batches(self, batches):
+        """This rank's batches, ending every rank's epoch at the same step
+        when ranks hold different numbers of them (see
+        :class:`tmpi_core.UnevenBatches`); stop requests are decided in
+        the same rounds (check :attr:`interrupted` in the loop)."""
+        return self.state.batches(batches)
+
+    @property
+    def interrupted(self):
+        """True once the ranks agreed to stop on a signal."""
+        return self.state.interrupted
+
+    def close(self):
+        """Finish the stop agreement and put back the signal handlers."""
+        self.state.close()
+
+
+def _distributed_updates():
+    from tmpi_adapters._graph import DistributedUpdates
+
+    return DistributedUpdates

@@ -21,10 +21,14 @@ class FlatBuffer:
         allocate: optional ``f(n, dtype)`` returning the zeroed 1-D storage
             (an exchanger's :meth:`~tmpi_core.Exchanger.allocate`, e.g. a
             segment of shared memory); default ``np.zeros``.
+        tail: extra elements after the last tensor, outside every view
+            (:attr:`tail`): a few scalars that travel in the same
+            collective, such as BSP's count of ranks that had data.
 
     Attributes:
         data: the flat 1-D array (length :attr:`size`).
         views: one array per tensor, each a view into :attr:`data`.
+        tail: the ``tail`` extra elements, a view into :attr:`data`.
         shapes: the shapes, as tuples.
 
     Example:
@@ -34,7 +38,7 @@ class FlatBuffer:
         (10,)
     """
 
-    def __init__(self, shapes, *, dtype=np.float32, allocate=None):
+    def __init__(self, shapes, *, dtype=np.float32, allocate=None, tail=0):
         self.shapes = []
         for i, s in enumerate(shapes):
             if isinstance(s, (str, bytes)) or not hasattr(s, "__iter__") \
@@ -48,7 +52,10 @@ class FlatBuffer:
                 raise ValueError(f"shapes must be non-negative, got {s}")
         counts = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        n = int(self.offsets[-1])
+        if isinstance(tail, bool) or not isinstance(tail, numbers.Integral) \
+                or tail < 0:
+            raise ValueError(f"tail={tail!r} must be an integer >= 0")
+        n = int(self.offsets[-1]) + int(tail)
         if allocate is None:
             self.data = np.zeros(n, dtype=dtype)
         else:
@@ -65,6 +72,7 @@ class FlatBuffer:
             self.data[int(a):int(b)].reshape(s)
             for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)
         ]
+        self.tail = self.data[int(self.offsets[-1]):]
 
     @property
     def size(self):

@@ -338,7 +338,7 @@ def check_resumable(checkpoint, rule, ctx):
                 "directory")
     if checkpoint.same_ranks:
         return
-    if rule is not None and rule.name != "bsp":
+    if rule is not None and not rule.resizable:
         raise ResumeError(
             f"checkpoint {checkpoint.path} was written by {checkpoint.ranks} "
             f"ranks; {rule.title} resumes only on as many ranks (this job "

@@ -7,9 +7,11 @@ import keras
 import numpy as np
 
 from tmpi_adapters.keras import _bridge
-from tmpi_adapters.keras.checkpoint import Checkpointing
+from tmpi_adapters.keras.checkpoint import KerasIO, TMPIBackupAndRestore
+from tmpi_adapters.keras.uneven import UnevenData
 from tmpi_core import (broadcast_arrays, check_same_across_ranks,
                        describe_arrays, get_context, make_recorder, make_rule)
+from tmpi_core.state import TrainingState
 
 __all__ = ["TMPISync"]
 
@@ -48,8 +50,18 @@ class TMPISync(keras.callbacks.Callback):
     interrupted (Ctrl-C on ``mpiexec``, SIGTERM): the ranks agree within
     two batch ends, stop at the same batch, write it and raise
     :class:`tmpi_core.Interrupted` (a ``KeyboardInterrupt``).
-    Training resumes from the newest checkpoint in ``DIR`` by itself; pass
-    ``initial_epoch=sync.resume_epoch()`` to ``fit`` so the epochs count on.
+    Training resumes from the newest checkpoint in ``DIR`` by itself, at
+    its epoch. It is a shorthand for a
+    :class:`~tmpi_adapters.keras.TMPIBackupAndRestore` after this callback.
+
+    Uneven data (ranks with different numbers of batches):
+    ``model.fit(sync.uneven(data), callbacks=[sync])`` ends every rank's
+    epoch at the same step (see :meth:`uneven`).
+
+    Attributes:
+        rule: the :class:`tmpi_core.Rule`.
+        state: the run's :class:`tmpi_core.TrainingState` (checkpoints,
+            stop agreement).
 
     Args:
         rule: rule name (``'bsp'``, ``'easgd'``) or a :class:`tmpi_core.Rule`.
@@ -99,24 +111,62 @@ class TMPISync(keras.callbacks.Callback):
         self._last_test_batch = None
         self._server_step = None
         self._epoch = None
+        self._batch = 0
+        self._uneven = None
+        self._cut_epoch = False
         if record is not None:
             self.rule.recorder = make_recorder(record, comm=comm)
-        self._ckpt = (None if checkpoint is None else Checkpointing(
-            self, checkpoint, every=checkpoint_every, keep=checkpoint_keep))
+        self.state = TrainingState(self.rule, KerasIO(None, None),
+                                   meta={"backend": _bridge.backend_name()})
+        self._backup = (None if checkpoint is None else TMPIBackupAndRestore(
+            checkpoint, sync=self, every=checkpoint_every,
+            keep=checkpoint_keep))
 
     def resume_epoch(self):
-        """The epoch the newest checkpoint resumes at (0 without one); pass
-        it to ``fit(initial_epoch=...)``. Collective: call it on every rank.
+        """The epoch the newest checkpoint resumes at (0 without one).
+        Collective: call it on every rank. ``fit`` starts there by itself;
+        this is for scripts that want to know."""
+        if self.state.store is None:
+            raise ValueError("resume_epoch() needs TMPISync(checkpoint=DIR) "
+                             "or a TMPIBackupAndRestore")
+        ckpt = self.state.peek()
+        return int(ckpt.meta["epoch"]) if ckpt is not None else 0
+
+    def uneven(self, data):
+        """Wrap this rank's data so that ranks with different numbers of
+        batches end every epoch at the same step.
+
+        A rank that runs out tells the others through the stop agreement
+        (one round per batch, looking two batches ahead); until every rank
+        is out it runs steps on a filler batch (its last real one, with
+        sample weights 0) whose update it does not apply: under BSP it
+        applies the average of the ranks that had a batch, ``(1/c) sum
+        g_i``, so every rank stays equal. The epoch ends after the step of
+        the rank with the most batches. The loss Keras logs on a rank
+        counts its filler steps as 0; compiled metrics are exact.
+
+        Args:
+            data: a ``keras.utils.PyDataset`` (with or without a length:
+                its ``__getitem__`` raising ``IndexError`` ends it), a list
+                of batches, or a function returning a fresh iterator of
+                batches per epoch. Batches are ``(x, y)`` or
+                ``(x, y, sample_weight)`` tuples of arrays.
+
+        Returns:
+            an endless ``torch.utils.data.DataLoader`` to pass to ``fit``
+            (Keras restarts it every epoch; this callback ends the epoch).
+
+        Raises:
+            ValueError: for unsupported ``data``, or without torch.
         """
-        if self._ckpt is None:
-            raise ValueError("resume_epoch() needs TMPISync(checkpoint=DIR)")
-        return self._ckpt.resume_epoch()
+        self._uneven = UnevenData(data)
+        return self._uneven.loader()
 
     # -- training -------------------------------------------------------
     def on_train_begin(self, logs=None):
         model = self.model
         self._in_fit = True
-        grads_rule = getattr(self.rule, "mode", None) == "grads"
+        grads_rule = self.rule.exchanges_gradients
         if grads_rule and not _bridge.runs_eagerly(model):
             raise ValueError(
                 f"TMPISync({self.rule.name!r}, mode='grads') averages "
@@ -133,18 +183,25 @@ class TMPISync(keras.callbacks.Callback):
         _bridge.write(self._weights,
                       self.rule.start(_bridge.read(self._weights), names=names))
         self._broadcast_optimizer()
-        if self._ckpt is not None:
-            self._ckpt.restore(model, self.rule)
-            self._ckpt.arm()
+        self.state.io = KerasIO(model, self._weights)
+        if self._backup is not None:
+            self._backup.set_model(model)
+            self._backup.on_train_begin(logs)
         if grads_rule:
             self._remove_hook = _bridge.install_gradient_hook(
                 model.optimizer, self.rule.on_gradients)
+        elif self._uneven is not None:
+            self._remove_hook = _bridge.install_gradient_hook(
+                model.optimizer, self._skip_without_batch)
         if self.rule.lr_scaling is not None:
             self._start_lr_scaling()
-        if self._role() == "server":
-            self._serve()
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._role() == "server" and self._server_step is None:
+            self._serve()       # after every on_train_begin (a restore)
+            return
+        if self._uneven is not None:
+            self.rule.has_batch = self._uneven.has(batch)
         if self.rule.recorder is not None:
             self.rule.recorder.begin_step()
         if self._base_lr is not None:
@@ -156,23 +213,47 @@ class TMPISync(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        if self._ckpt is not None:
-            self._ckpt.check_initial_epoch(epoch)
-            self._ckpt.before_epoch(epoch)
+        self._batch = 0
+        if self._uneven is not None and self._role() != "server":
+            self._uneven.on_epoch_begin()
+            decided = self.state.agreement.decide_now(
+                has_data=self._uneven.has(0))
+            if decided.with_data == 0:
+                raise ValueError("no rank has a batch in this epoch")
+            self.state.agreement.round(has_data=self._uneven.has(1))
 
     def on_train_batch_end(self, batch, logs=None):
-        params = (_bridge.read(self._weights) if self.rule.wants_params()
-                  else None)
-        new = self.rule.end_step(params)
+        if self._role() == "server":
+            return
+        new = self.rule.end_step(self._read_weights)
         if new is not None:
             _bridge.write(self._weights, new)
-        if self.rule.recorder is not None and self._role() != "server":
+        self.rule.has_batch = True
+        if self.rule.recorder is not None:
             self._record(logs)
-        if self._ckpt is not None:
-            self._ckpt.after_batch(self.model, batch, self._role())
+        self._batch = batch + 1
+        self._agree(batch)
         steps = self.params.get("steps") if self.params else None
-        if self._global_metrics() and steps and batch == steps - 1:
+        last = (steps and batch == steps - 1) or self._cut_epoch
+        if self._global_metrics() and last:
             self._sum_metric_states()
+
+    def _agree(self, batch):
+        # One round of the stop agreement per batch: signals when a
+        # checkpoint is kept, end of data with uneven(); decided one
+        # round late, so every rank stops at the same batch.
+        state = self.state
+        if self._uneven is not None:
+            # this round is about batch + 2; it decides batch + 1
+            decided = state.agreement.round(
+                has_data=self._uneven.has(batch + 2))
+            if decided is not None and decided.with_data == 0:
+                self._cut_epoch = True
+                self.model.stop_training = True
+        elif state.store is not None:
+            state.stop_requested()
+        if state.interrupted:
+            self.model.stop_training = True
 
     def on_test_begin(self, logs=None):
         if self._role() != "peer":
@@ -191,31 +272,54 @@ class TMPISync(keras.callbacks.Callback):
             self._sum_metric_states()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._cut_epoch:
+            # the data ran out on every rank: this epoch ends, not fit
+            self._cut_epoch = False
+            self.state.agreement.complete()   # the round about the next
+            if not self.state.interrupted:
+                self.model.stop_training = False
         if self._global_metrics() and logs:
             self._average_logs(logs)
-        if self._ckpt is not None:
-            self._ckpt.after_epoch(self.model, self.rule, epoch)
+        if self._backup is not None:
+            self._backup.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
         self._in_fit = False
         if self._remove_hook is not None:
             self._remove_hook()
             self._remove_hook = None
+        state = self.state
         _bridge.write(self._weights,
                       self.rule.finalize(_bridge.read(self._weights)))
         if self.rule.recorder is not None:
             self.rule.recorder.close()
+        interrupted = state.interrupted or bool(
+            self._role() == "server" and state.agreement.signals)
+        if state.interrupted and self._role() == "peer" \
+                and state.store is not None:
+            state.save(epoch=self._epoch, batch=self._batch,
+                       interrupted=True)
+        state.close()
         if self._server_step is not None:
             self.model.train_function = None      # Keras rebuilds it
             self._server_step = None
-        if self._ckpt is not None:
-            self._ckpt.after_training(self.model, self.rule)
+        if self._backup is not None:
+            self._backup.on_train_end(logs)
+        self.rule.close()
+        if interrupted:
+            raise state.interruption()
+
+    def _skip_without_batch(self, grads):
+        # uneven data, a rule that does not average gradients: a rank
+        # without a batch of its own applies no update
+        return grads if self.rule.has_batch else None
 
     # -- helpers ------------------------------------------------------------
     def _role(self):
-        """'peer' for rules where all ranks train in step; 'server' or
-        'worker' for asynchronous server/worker rules (EASGD)."""
-        return getattr(self.rule, "role", "peer")
+        return self.rule.role
+
+    def _read_weights(self):
+        return _bridge.read(self._weights)
 
     def _record(self, logs):
         # The batch logs Keras reports (loss, metrics: running means over
@@ -231,15 +335,13 @@ class TMPISync(keras.callbacks.Callback):
 
     def _serve(self):
         # The server does not train: it serves the center until every
-        # worker has finished, takes the center, and runs one empty step so
-        # fit ends (its validation then evaluates the center).
-        on_exchange = None
-        if self._ckpt is not None:
-            on_exchange = self._ckpt.server_hook(
-                self.model, self.rule,
-                self.params.get("steps") if self.params else None)
-        center = self.rule.serve(on_exchange=on_exchange)
-        _bridge.write(self._weights, center)
+        # worker has finished (saving it, with a checkpoint directory),
+        # takes the center, and runs one empty step so fit ends (its
+        # validation then evaluates the center).
+        restored = self.state.restored
+        self.state.serve(
+            steps_per_epoch=self.params.get("steps") if self.params else None,
+            start_epoch=int(restored.meta["epoch"]) if restored else 0)
         self.model.stop_training = True
         self._server_step = lambda data: {}
         self.model.train_function = self._server_step

@@ -29,11 +29,18 @@ class Rule:
     * :meth:`start` once before training: checks that every rank holds the
       same parameter shapes and the same rule configuration, then returns
       rank 0's parameters (the initial broadcast);
-    * :meth:`on_gradients` between gradient and update (gradient rules);
-    * :meth:`end_step` after each optimizer step; it returns parameters to
-      write back when this step exchanged them, else ``None``. Adapters ask
-      :meth:`wants_params` first so they read parameters only when needed;
-    * :meth:`finalize` at the end of training: the model every rank keeps.
+    * :meth:`on_gradients` between gradient and update (rules that
+      :attr:`exchanges_gradients`);
+    * :meth:`end_step` once after each optimizer step, with the parameters
+      or a function that reads them (called only when this step exchanges
+      them); it returns parameters to write back, else ``None``;
+    * :meth:`finalize` at the end of training: the model every rank keeps;
+    * :meth:`close` when done: frees what the exchanger holds (a rule can
+      :meth:`start` again after it). A rule is also a context manager.
+
+    What adapters need to know is declared, never sniffed: :attr:`role`,
+    :attr:`exchanges_gradients`, :attr:`ranks_identical`,
+    :attr:`resizable` and :attr:`comm`.
 
     Attributes:
         recorder: a :class:`tmpi_core.Recorder` or None (the default). Set it
@@ -68,8 +75,33 @@ class Rule:
         self.ctx = None
         self._checked = False
         self.step = 0
-        self._params = None
         self.recorder = None
+        #: False on a step where this rank has no data of its own (set by
+        #: :class:`tmpi_core.UnevenBatches` or an adapter before the step);
+        #: BSP then averages over the ranks that had a batch.
+        self.has_batch = True
+        self._exchanger = None      # the rules that reduce make one
+
+    # -- what adapters ask ----------------------------------------------------
+    #: ``'peer'`` (every rank trains and meets the others), ``'server'`` (a
+    #: rank that serves and does not train) or ``'worker'`` (trains, meets
+    #: only the server). Asynchronous EASGD overrides it.
+    role = "peer"
+    #: True when the rule averages gradients between backward pass and
+    #: update (:meth:`on_gradients`): adapters then hook the optimizer.
+    exchanges_gradients = False
+    #: True when a checkpoint of this rule can resume on another number of
+    #: ranks (BSP); the other rules hold per-rank state.
+    resizable = False
+    #: True when every rank must take part in every step's exchange (BSP,
+    #: synchronous EASGD): with uneven data a rank that has run out still
+    #: runs steps, marked by :attr:`has_batch` (see :mod:`tmpi_core.uneven`).
+    lockstep = True
+
+    @property
+    def comm(self):
+        """The ``mpi4py`` communicator the rule runs on."""
+        return self._context().comm
 
     # -- configuration ----------------------------------------------------
     def config(self):
@@ -102,8 +134,7 @@ class Rule:
         if missing:                    # the same on every rank: all raise
             raise ValueError(
                 f"params {missing} are None; pass the parameters' arrays")
-        self._params = fused_buffer_for(spec, self._params,
-                                        allocate=self._allocator("params"))
+        self._on_start(spec)
         return broadcast_arrays(self.ctx, params, root=0)
 
     def on_gradients(self, grads):
@@ -111,17 +142,49 @@ class Rule:
         return None
 
     def wants_params(self):
-        """True when :meth:`end_step` will exchange parameters this step."""
+        """True when :meth:`end_step` will read the parameters this step.
+
+        A query without side effects; adapters need not ask it: passing
+        :meth:`end_step` a function that reads the parameters costs a read
+        only on the steps that exchange.
+        """
         return False
 
     def end_step(self, params=None):
-        """Finish one local optimizer step (see the class docstring)."""
+        """Finish one local optimizer step; the one call per step.
+
+        Args:
+            params: the parameters as numpy arrays, or a function of no
+                arguments that returns them (called only when this step
+                exchanges them), or ``None`` on a step that does not.
+
+        Returns:
+            parameters to write back (views of a fused buffer, valid until
+            the next exchange), or ``None`` when this step changed nothing.
+        """
         self.step += 1
         return None
 
     def finalize(self, params):
         """Return the parameters every rank keeps when training ends."""
         raise NotImplementedError
+
+    def close(self):
+        """Free the exchanger's resources (shared-memory windows, persistent
+        requests) and the fused buffers; collective where the exchanger's
+        ``free`` is. Safe to call twice; :meth:`start` makes them anew."""
+        if self._exchanger is not None:
+            self._exchanger.free()
+        self._exchanger = None
+        self._checked = False
+        self._on_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def lr_factor(self):
         """Multiplier for the base learning rate at the current step."""
@@ -214,10 +277,12 @@ class Rule:
     def _on_ready(self):
         """Hook for subclasses: allocate what needs the context."""
 
-    def _allocator(self, which):
-        """Storage allocator for the fused buffer ``which`` (``'params'``):
-        the exchanger's for a buffer it reduces in place, else ``None``."""
-        return None
+    def _on_start(self, spec):
+        """Hook for subclasses: allocate the buffers for parameters
+        described by ``spec`` (collective where the exchanger's is)."""
+
+    def _on_close(self):
+        """Hook for subclasses: drop the buffers :meth:`close` frees."""
 
     def _require_ranks(self, minimum, why):
         """Raise (on every rank: all know the size) below ``minimum`` ranks."""
@@ -228,9 +293,18 @@ class Rule:
                 "or use 'bsp'")
 
     def _size(self):
+        return self._context().size
+
+    def _context(self):
         if self.ctx is None:
             self.ctx = get_context(self._comm)
-        return self.ctx.size
+        return self.ctx
+
+
+def read_params(params):
+    """The arrays :meth:`Rule.end_step` was given: ``params`` itself, or
+    what it returns when it is a function (see :meth:`Rule.end_step`)."""
+    return params() if callable(params) else params
 
 
 class _Guarded:
@@ -255,7 +329,7 @@ class _Guarded:
         return False
 
 
-def fused_buffer_for(spec, current=None, allocate=None):
+def fused_buffer_for(spec, current=None, allocate=None, tail=0):
     """A :class:`FlatBuffer` for tensors described by ``spec``.
 
     float32 unless a tensor is float64 (Theano's default ``floatX``), so
@@ -267,14 +341,15 @@ def fused_buffer_for(spec, current=None, allocate=None):
         current: a buffer to reuse if shapes and dtype match.
         allocate: the storage allocator (an exchanger's ``allocate``);
             collective when the exchanger's is.
+        tail: extra scalars after the tensors (see :class:`FlatBuffer`).
     """
     shapes = [s for _, s, _ in spec]
     dtype = np.float64 if any(d == "float64" for _, _, d in spec) \
         else np.float32
     if current is not None and current.shapes == shapes \
-            and current.data.dtype == dtype:
+            and current.data.dtype == dtype and current.tail.size == tail:
         return current
-    return FlatBuffer(shapes, dtype=dtype, allocate=allocate)
+    return FlatBuffer(shapes, dtype=dtype, allocate=allocate, tail=tail)
 
 
 def _positive_int(name, value):

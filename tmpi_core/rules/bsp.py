@@ -4,7 +4,7 @@ import numpy as np
 
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.exchangers import STRATEGIES, make_exchanger
-from tmpi_core.rules.base import Rule, fused_buffer_for
+from tmpi_core.rules.base import Rule, fused_buffer_for, read_params
 
 __all__ = ["BSP", "NonFiniteError"]
 
@@ -29,6 +29,13 @@ class BSP(Rule):
     equal to large-batch SGD for plain and momentum SGD when ranks start
     equal; ``every > 1`` is local SGD / periodic model averaging (Lin et al.
     2018, "Don't Use Large Mini-Batches, Use Local SGD").
+
+    Uneven data: on a step where only ``c`` of the ``p`` ranks have a batch
+    (:attr:`has_batch` False on the others), the average is over those:
+    ``g <- (1/c) sum_{i has a batch} g_i``, and every rank applies it, so
+    the ranks stay equal; a step where no rank has a batch is skipped
+    (``'grads'``: :meth:`on_gradients` returns ``None``). The count travels
+    in the same collective as the values (one more element).
 
     Args:
         mode: ``'grads'`` (default) or ``'params'``.
@@ -93,11 +100,20 @@ class BSP(Rule):
         self.skipped = 0
         self._exchanger = None
         self._grads = None
+        self._params = None
+        self._had_batch = False     # since the last parameter average
 
     def config(self):
         """Return the options every rank must share."""
         return dict(super().config(), mode=self.mode, strategy=self.strategy,
                     nonfinite=self.nonfinite)
+
+    resizable = True        # no per-rank state: resumes on any rank count
+
+    @property
+    def exchanges_gradients(self):
+        """True in ``'grads'`` mode: :meth:`on_gradients` averages them."""
+        return self.mode == "grads"
 
     @property
     def ranks_identical(self):
@@ -109,8 +125,16 @@ class BSP(Rule):
         self._exchanger = make_exchanger(self.strategy, self.ctx.comm)
         self._inv_size = 1.0 / self.ctx.size
 
-    def _allocator(self, which):
-        return self._exchanger.allocate        # BSP reduces params in place
+    def _on_start(self, spec):
+        # the parameter average reduces in place in the exchanger's memory
+        self._params = fused_buffer_for(spec, self._params,
+                                        allocate=self._exchanger.allocate,
+                                        tail=1)
+
+    def _on_close(self):
+        self._grads = None
+        self._params = None
+        self._had_batch = False
 
     def on_gradients(self, grads):
         """Average gradients over ranks (``mode='grads'``).
@@ -140,11 +164,13 @@ class BSP(Rule):
             spec = describe_arrays(grads)
             check_same_across_ranks(self.ctx, spec, "gradients")
             self._grads = fused_buffer_for(
-                spec, allocate=self._exchanger.allocate)
+                spec, allocate=self._exchanger.allocate, tail=1)
         with self._timer("collective", "gradient exchange", self.step):
-            self._grads.pack(grads, scale=self._inv_size)
+            self._pack(self._grads, grads, self.has_batch)
             local_ok = self._check_local(self._grads)
             self._exchanger.allreduce_sum(self._grads)
+        if not self._rescale(self._grads):
+            return None                 # no rank had a batch: no update
         if not self._check_global(self._grads, local_ok, "gradients",
                                   self.step):
             self.skipped += 1
@@ -156,19 +182,22 @@ class BSP(Rule):
         return self.mode == "params" and (self.step + 1) % self.every == 0
 
     def end_step(self, params=None):
-        """Count the step; average ``params`` when :meth:`wants_params`.
+        """Count the step; in ``'params'`` mode, every ``every``-th step,
+        average the parameters (see :meth:`Rule.end_step`).
 
         Returns:
             averaged parameters (views of the fused buffer) or ``None``.
         """
         exchange = self.wants_params()
         self.step += 1
+        self._had_batch = self._had_batch or self.has_batch
         if not exchange:
             return None
+        params = read_params(params)
         if params is None:
             raise ValueError(
-                "end_step needs the parameters on an exchange step; call "
-                "wants_params() first and pass them"
+                "end_step needs the parameters on an exchange step; pass "
+                "them, or a function that reads them"
             )
         with self._timer("collective", "parameter average", self.step - 1):
             return self._average_params(params, step=self.step - 1)
@@ -181,15 +210,42 @@ class BSP(Rule):
         ``'params'`` mode with ``every > 1``, the last partial period.
         """
         with self._guard("final average"):
-            return self._average_params(params)
+            return self._average_params(params, final=True)
 
-    def _average_params(self, params, step=None):
+    def _average_params(self, params, step=None, final=False):
+        # A rank that had no batch since the last average contributes
+        # nothing and takes the others' average; the final one is over all.
         self._require_started()
-        self._params.pack(params, scale=self._inv_size)
+        present = final or self._had_batch
+        self._had_batch = False
+        self._pack(self._params, params, present)
         local_ok = self._check_local(self._params)
         self._exchanger.allreduce_sum(self._params)
+        if not self._rescale(self._params):
+            return None                 # no rank trained: nothing changed
         self._check_global(self._params, local_ok, "parameters", step)
         return self._params.views
+
+    def _pack(self, buffer, arrays, present):
+        """Pack ``arrays`` scaled by ``1/p`` (one pass), or zeros on a rank
+        without a batch; the tail counts the ranks that had one."""
+        if present:
+            buffer.pack(arrays, scale=self._inv_size)
+            buffer.tail[0] = 1.0
+        else:
+            buffer.data.fill(0.0)
+
+    def _rescale(self, buffer):
+        """After the sum: ``(1/p) sum`` over ``c < p`` contributing ranks
+        becomes ``(1/c) sum``. False when ``c == 0`` (nothing to apply)."""
+        count = int(round(float(buffer.tail[0])))
+        if count == self.ctx.size:
+            return True
+        if count == 0:
+            return False
+        values = buffer.data[:buffer.data.size - buffer.tail.size]
+        np.multiply(values, self.ctx.size / count, out=values)
+        return True
 
     def _check_local(self, buffer):
         return True if self.nonfinite is None else _all_finite(buffer.data)

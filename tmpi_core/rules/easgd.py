@@ -6,7 +6,8 @@ import numpy as np
 
 from tmpi_core.checks import describe_arrays
 from tmpi_core.exchangers import STRATEGIES, make_exchanger
-from tmpi_core.rules.base import Rule, _positive_int, fused_buffer_for
+from tmpi_core.rules.base import (Rule, _positive_int, fused_buffer_for,
+                                  read_params)
 
 __all__ = ["EASGD"]
 
@@ -79,6 +80,7 @@ class EASGD(Rule):
         self.alpha = None
         self.exchanges = 0
         self._served = False
+        self._work = None
 
     def config(self):
         """Return the options every rank must share."""
@@ -91,7 +93,16 @@ class EASGD(Rule):
         """``'server'`` (rank 0, asynchronous), ``'worker'`` or ``'peer'``."""
         if self.synchronous:
             return "peer"
-        return "server" if self._rank() == 0 else "worker"
+        return "server" if self._context().rank == 0 else "worker"
+
+    @property
+    def lockstep(self):
+        """Synchronous EASGD meets every ``tau`` steps in an allreduce; the
+        asynchronous workers never wait for each other."""
+        return self.synchronous
+
+    def _on_close(self):
+        self._work = None
 
     def _on_ready(self):
         self._require_ranks(2, "a center and a worker")
@@ -114,7 +125,7 @@ class EASGD(Rule):
         self._center.pack(out)
         self._local = fused_buffer_for(spec)
         self._work = fused_buffer_for(     # what the exchanger reduces
-            spec, getattr(self, "_work", None),
+            spec, self._work,
             allocate=self._exchanger.allocate if self.synchronous else None)
         self.elastic_total = np.zeros_like(self._center.data)
         self._served = False            # a new round of serving (new fit)
@@ -134,9 +145,10 @@ class EASGD(Rule):
         self.step += 1
         if not exchange:
             return None
+        params = read_params(params)
         if params is None:
             raise ValueError("end_step needs the parameters on an exchange "
-                             "step; call wants_params() first")
+                             "step; pass them, or a function that reads them")
         if self.synchronous:
             timer = self._timer("collective", "elastic exchange",
                                 self.step - 1)
@@ -260,10 +272,6 @@ class EASGD(Rule):
                     f"the checkpoint's EASGD center has {center.size} values, "
                     f"this model {self._center.data.size}")
             np.copyto(self._center.data, center)
-
-    def _rank(self):
-        self._ready()
-        return self.ctx.rank
 
 
 def _real(name, value):

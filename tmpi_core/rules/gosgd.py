@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from tmpi_core.checks import describe_arrays
-from tmpi_core.rules.base import Rule, fused_buffer_for
+from tmpi_core.rules.base import Rule, fused_buffer_for, read_params
 
 __all__ = ["GoSGD"]
 
@@ -45,6 +45,7 @@ class GoSGD(Rule):
 
     name = "gosgd"
     title = "GoSGD"
+    lockstep = False        # ranks never wait for each other
 
     def __init__(self, *, p=0.1, seed=None, log_messages=False, comm=None):
         super().__init__(comm=comm)
@@ -89,31 +90,50 @@ class GoSGD(Rule):
         self._x.pack(out)
         self._recv = self._message()
         self.weight = 1.0 / self.ctx.size
-        self._decision = (False, False)
+        self._push_next = self._draw()
         return out
 
+    def _draw(self):
+        # The push decision of the coming step, drawn in advance so that
+        # wants_params() is a query without side effects.
+        return bool(self._rng.random() < self.p)
+
     def wants_params(self):
-        """True when a message has arrived or this step pushes one."""
-        incoming = self.ctx.comm.Iprobe(source=self._MPI.ANY_SOURCE,
-                                        tag=_TAG_GOSSIP)
-        push = self._rng.random() < self.p
-        self._decision = (incoming, push)
-        return incoming or push
+        """True when a message has arrived or this step pushes one.
+
+        A query: it draws nothing and receives nothing (a message arriving
+        after it is merged by :meth:`end_step` all the same).
+        """
+        return self._push_next or self._incoming()
+
+    def _incoming(self):
+        return self.ctx.comm.Iprobe(source=self._MPI.ANY_SOURCE,
+                                    tag=_TAG_GOSSIP)
 
     def end_step(self, params=None):
         """Merge what arrived, then maybe push (see the class docstring).
 
+        Args:
+            params: the parameters, or a function that reads them (called
+                only when a message arrived or this step pushes), or
+                ``None``: then messages wait for a later step, and a push
+                decided for this step raises ``ValueError``.
+
         Returns:
             the merged parameters (views of a fused buffer) or None.
         """
-        incoming, push = self._decision
-        self._decision = (False, False)
+        push = self._push_next
+        self._push_next = self._draw()
         self.step += 1
-        if not (incoming or push):
+        if not (push or self._incoming()):
             return None
+        params = read_params(params)
         if params is None:
-            raise ValueError("end_step needs the parameters when "
-                             "wants_params() said so")
+            if push:
+                raise ValueError("end_step needs the parameters on a step "
+                                 "that pushes (wants_params() is True); "
+                                 "pass them, or a function that reads them")
+            return None         # merge the messages on a later step
         with self._timer("exchange"):        # never blocks on a peer
             self._x.pack(params)
             self._drain()
@@ -151,10 +171,12 @@ class GoSGD(Rule):
         return self._x.views
 
     def state_dict(self):
-        """Step, weight and the peer-choice generator, for checkpoints
-        (after :meth:`quiesce`)."""
+        """Step, weight, the peer-choice generator and the push decision
+        already drawn for the next step, for checkpoints (after
+        :meth:`quiesce`)."""
         return {"step": self.step, "weight": self.weight,
-                "rng": self._rng.bit_generator.state}
+                "rng": self._rng.bit_generator.state,
+                "push_next": self._push_next}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` (after :meth:`start`)."""
@@ -162,6 +184,8 @@ class GoSGD(Rule):
         self.weight = float(state["weight"])
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
+        if "push_next" in state:
+            self._push_next = bool(state["push_next"])
 
     # -- messages -------------------------------------------------------------
     def _deliver_all(self):
