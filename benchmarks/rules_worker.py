@@ -57,7 +57,7 @@ def main(argv=None):
     model.fit(x_tr, y_tr, batch_size=args.batch_size, epochs=args.epochs,
               shuffle=True, callbacks=[sync], verbose=0)
     wall = time.perf_counter() - start
-    trainers = size - 1 if getattr(sync.rule, "role", "peer") != "peer" \
+    trainers = size - 1 if sync.rule.role != "peer" \
         else size
     if rank == 0:
         # every rank holds the final model (center / consensus / average)

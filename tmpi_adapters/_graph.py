@@ -205,6 +205,7 @@ def distributed(lib, updates, rule="bsp", *, params=None, comm=None,
     """``distributed`` for ``lib`` (see :func:`tmpi_adapters.lasagne.distributed`)."""
     pairs = _update_pairs(lib, updates)
     rule = _make_rule(rule, comm, options, default_mode="params")
+    rule.context.apply_thread_limit()
     if record is not None:
         rule.recorder = make_recorder(record, comm=comm)
     if rule.exchanges_gradients:
@@ -261,6 +262,7 @@ def distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
                 f"grads[{i}] is a {type(g).__name__}, not a {lib.name} "
                 "variable; pass the list T.grad(loss, params) returns")
     rule = _make_rule(rule, comm, options, default_mode="grads")
+    rule.context.apply_thread_limit()
     if not rule.exchanges_gradients:
         raise ValueError(
             f"distributed_grads() averages gradients; {rule!r} does not "
@@ -295,6 +297,7 @@ def broadcast(lib, params, *, comm=None, _rule=None):
         _set_values(params, _rule.start(values, names=names))
         return
     ctx = get_context(comm)
+    ctx.apply_thread_limit()
     check_same_across_ranks(ctx, describe_arrays(values, names), "parameters")
     _set_values(params, broadcast_arrays(ctx, values))
 

@@ -1,9 +1,15 @@
-"""Interpreter-start set-up for Theano 1.0.5 and PyPI's Lasagne 0.1.
+"""Interpreter-start set-up: threads per rank, Theano 1.0.5 and Lasagne 0.1.
 
 Imported by ``tmpi_theano_env.pth`` in site-packages at every interpreter
-start, so it is in force before a user script's first ``import theano``.
-It does nothing unless Theano is installed, imports neither numpy nor
-Theano, and never raises. When Theano is installed it
+start, so it is in force before a user script's first ``import theano`` (or
+``import numpy``). It imports neither numpy nor Theano, and never raises.
+
+In a process an MPI launcher started, it limits the compute threads to
+cores / ranks-on-host unless the user chose a count
+(:func:`tmpi_core.threads.limit_at_startup`): a BLAS pool sized at load
+would otherwise start a thread per core in every rank.
+
+When Theano is installed it also
 
 * points Theano at a real BLAS: the ``scipy-openblas32`` wheel, whose
   symbols carry a ``scipy_`` prefix, renamed back with ``-D`` macros that
@@ -78,7 +84,28 @@ class _DownsampleAlias:
         fill_downsample_module(module)
 
 
+def _limit_threads():
+    # tmpi_core/threads.py by path: importing the package would import
+    # numpy, and with it a BLAS pool, before the limit is set.
+    from importlib.util import find_spec, module_from_spec, \
+        spec_from_file_location
+
+    package = find_spec("tmpi_core")
+    if package is None or not package.submodule_search_locations:
+        return
+    path = os.path.join(list(package.submodule_search_locations)[0],
+                        "threads.py")
+    spec = spec_from_file_location("_tmpi_startup_threads", path)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.limit_at_startup()
+
+
 def _setup():
+    try:
+        _limit_threads()
+    except Exception:  # never break interpreter start-up
+        pass
     if os.environ.get("TMPI_THEANO_ENV", "1") == "0":
         return
     from importlib.util import find_spec

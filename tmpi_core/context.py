@@ -9,9 +9,10 @@ import sys
 import threading
 import time
 
+from tmpi_core.threads import POOL_VARS, user_set_threads
+
 __all__ = ["Context", "get_context"]
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _DEFAULT = {}
 
 #: Seconds the abort hook waits after printing a traceback and before
@@ -62,9 +63,7 @@ class Context:
             self.local_size = local.Get_size()
         finally:
             local.Free()
-        self.user_set_threads = any(
-            os.environ.get(v) for v in ("TMPI_NUM_THREADS", "OMP_NUM_THREADS")
-        )
+        self.user_set_threads = user_set_threads()
         self.threads = self.threads_per_rank()
         self.abort_on_exception = abort_on_exception
         self.ensure_abort_hook()
@@ -121,7 +120,7 @@ class Context:
         """
         if self.user_set_threads:
             return self.threads
-        for var in _THREAD_VARS:
+        for var in POOL_VARS:
             os.environ.setdefault(var, str(self.threads))
         try:
             from threadpoolctl import threadpool_limits

@@ -131,7 +131,7 @@ class TrainingState:
         if ckpt is None:
             return 0
         rule = self.rule
-        check_resumable(ckpt, rule, rule.ctx)
+        check_resumable(ckpt, rule, rule.context)
         if ckpt.meta.get("center_only"):
             # asynchronous EASGD: every rank resumes from the server's center
             n = len(self.io.read_synchronised())
@@ -226,7 +226,7 @@ class TrainingState:
         on_exchange = None
         if self.store is not None:
             if every_exchanges is None:
-                workers = rule.ctx.size - 1
+                workers = rule.context.size - 1
                 per_epoch = max(1, workers * max(1, (steps_per_epoch or 1)
                                                  // rule.tau))
                 every_exchanges = per_epoch * self.every_epochs

@@ -71,7 +71,7 @@ for epoch in range(start, 0 if served else args.epochs):
         if ckpt.stop_requested():
             ckpt.save(epoch=epoch, batch=k + 1, interrupted=True)
             raise Interrupted(f"stopped at epoch {epoch} step {k}")
-    if getattr(getattr(updates, "rule", None), "role", "peer") == "peer":
+    if ckpt.rule.role == "peer":
         ckpt.save(epoch=epoch + 1)
 if args.entry == "updates":
     updates.finalize()

@@ -67,7 +67,7 @@ with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
     json.dump({
         "weights": [np.asarray(w).tolist() for w in model.get_weights()],
         "initial": initial,
-        "role": getattr(sync.rule, "role", "peer"),
+        "role": sync.rule.role,
         "histories": histories,
         "lrs": lrs,
         "evaluate": evaluation,

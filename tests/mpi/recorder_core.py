@@ -29,14 +29,14 @@ rule = make_rule(args.rule, **json.loads(args.options))
 rule.recorder = Recorder(args.run_dir, flush_every=args.flush_every,
                          samples_per_step=args.samples)
 x = rule.start([np.full(5, float(ctx.rank), np.float32)])[0].copy()
-role = getattr(rule, "role", "peer")
+role = rule.role
 if role != "server":
     for step in range(args.steps):
         rule.recorder.begin_step()
         if ctx.rank == 1 and args.sleep:
             time.sleep(args.sleep)
         grads = [np.full(5, 1.0 + ctx.rank, np.float32)]
-        if getattr(rule, "mode", None) == "grads":
+        if rule.exchanges_gradients:
             grads = rule.on_gradients(grads)
         x = x - 0.1 * grads[0]
         new = rule.end_step([x] if rule.wants_params() else None)

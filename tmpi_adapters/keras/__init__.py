@@ -11,11 +11,13 @@ Launch with ``mpiexec -n 4 python train.py``.
 """
 
 from tmpi_adapters.keras.callback import TMPISync
+from tmpi_adapters.keras.checkpoint import TMPIBackupAndRestore
 from tmpi_adapters.keras.data import ShardedPyDataset, shard
 from tmpi_adapters.keras.ranks import is_chief, rank, rank_zero_only, size, verbose
 
 __all__ = [
     "ShardedPyDataset",
+    "TMPIBackupAndRestore",
     "TMPISync",
     "is_chief",
     "rank",

@@ -39,8 +39,9 @@ class Rule:
       :meth:`start` again after it). A rule is also a context manager.
 
     What adapters need to know is declared, never sniffed: :attr:`role`,
-    :attr:`exchanges_gradients`, :attr:`ranks_identical`,
-    :attr:`resizable` and :attr:`comm`.
+    :attr:`exchanges_gradients`, :attr:`lockstep`, :attr:`ranks_identical`,
+    :attr:`resizable`, :attr:`comm` and :attr:`context`; they set
+    :attr:`has_batch` on a step where this rank has no data.
 
     Attributes:
         recorder: a :class:`tmpi_core.Recorder` or None (the default). Set it
@@ -101,7 +102,15 @@ class Rule:
     @property
     def comm(self):
         """The ``mpi4py`` communicator the rule runs on."""
-        return self._context().comm
+        return self.context.comm
+
+    @property
+    def context(self):
+        """The :class:`tmpi_core.Context` of :attr:`comm` (made on first
+        use, which is collective)."""
+        if self.ctx is None:
+            self.ctx = get_context(self._comm)
+        return self.ctx
 
     # -- configuration ----------------------------------------------------
     def config(self):
@@ -293,12 +302,7 @@ class Rule:
                 "or use 'bsp'")
 
     def _size(self):
-        return self._context().size
-
-    def _context(self):
-        if self.ctx is None:
-            self.ctx = get_context(self._comm)
-        return self.ctx
+        return self.context.size
 
 
 def read_params(params):

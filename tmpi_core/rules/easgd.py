@@ -93,7 +93,7 @@ class EASGD(Rule):
         """``'server'`` (rank 0, asynchronous), ``'worker'`` or ``'peer'``."""
         if self.synchronous:
             return "peer"
-        return "server" if self._context().rank == 0 else "worker"
+        return "server" if self.context.rank == 0 else "worker"
 
     @property
     def lockstep(self):
