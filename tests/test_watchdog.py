@@ -31,6 +31,15 @@ def test_an_extra_exchange_on_one_rank_ends_the_job(case, exchange):
     assert (f"tmpi: rank 0 of 2 has waited 2 s in the {exchange} at step 3 "
             "(TMPI_EXCHANGE_TIMEOUT=2)") in proc.stderr, proc.stderr
     assert "Another rank is not taking part" in proc.stderr
+    # the diagnosis: rank 0's last exchanges, the one it waits in marked,
+    # each with its bytes and buffer layout
+    assert "tmpi: rank 0: its last" in proc.stderr, proc.stderr
+    mine = [line for line in proc.stderr.splitlines()
+            if line.startswith("tmpi: rank 0   ")]
+    assert len(mine) >= 2, proc.stderr
+    assert mine[-1].endswith("<- waiting here"), mine
+    assert f"step 3, " in mine[-1] and " bytes, layout " in mine[-1], mine
+    assert all(" layout " in line for line in mine)
     assert seconds < 30, seconds
 
 

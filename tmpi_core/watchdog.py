@@ -21,8 +21,14 @@ round trip to the server. Not guarded: waits where an early rank
 legitimately waits for the slowest one's whole remaining training (GoSGD's
 and asynchronous EASGD's ``finalize``); GoSGD never waits for a peer during
 training.
+
+When the timeout fires, each rank also prints its last few guarded
+exchanges (rule, exchange, step, bytes and a fingerprint of the fused
+buffer's layout): the rank that is out of step, or that exchanges a buffer
+of another layout, stands out when the ranks' lines are read side by side.
 """
 
+import collections
 import os
 import sys
 import threading
@@ -36,6 +42,8 @@ ENV_VAR = "TMPI_EXCHANGE_TIMEOUT"
 #: Seconds between printing the message and ``MPI_Abort`` (the launcher
 #: forwards output asynchronously).
 _GRACE_S = 1.0
+#: How many of its last guarded exchanges a rank prints on expiry.
+HISTORY = 6
 
 _timeout = None
 _env_error = None
@@ -103,10 +111,12 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._active = {}              # id(guard) -> guard
         self._thread = None
+        self.history = collections.deque(maxlen=HISTORY)
 
     def enter(self, guard):
         # a dict store and pop are atomic under the GIL: no lock per exchange
         self._active[id(guard)] = guard
+        self.history.append(guard)
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -143,17 +153,33 @@ class ExchangeGuard:
         timeout: seconds.
         step: the step, added to the message if not None (formatted only
             if the guard expires).
+        buffer: the :class:`~tmpi_core.FlatBuffer` exchanged, if any: its
+            bytes and layout fingerprint go into the history printed on
+            expiry.
     """
 
-    __slots__ = ("ctx", "what", "timeout", "step", "since", "_expired")
+    __slots__ = ("ctx", "what", "timeout", "step", "buffer", "since",
+                 "_expired")
 
-    def __init__(self, ctx, what, timeout, step=None):
+    def __init__(self, ctx, what, timeout, step=None, buffer=None):
         self.ctx = ctx
         self.what = what
         self.timeout = timeout
         self.step = step
+        self.buffer = buffer
         self.since = None
         self._expired = False
+
+    def describe(self):
+        """One line: what, step, bytes and layout fingerprint."""
+        what = self.what
+        if not isinstance(what, str):
+            what = "{} {}".format(*what)
+        line = what + ("" if self.step is None else f", step {self.step}")
+        if self.buffer is not None:
+            line += (f", {self.buffer.nbytes} bytes, layout "
+                     f"{self.buffer.fingerprint}")
+        return line
 
     def __enter__(self):
         self.since = time.monotonic()
@@ -181,6 +207,13 @@ class ExchangeGuard:
             "not taking part: it called the training step fewer times, "
             "left its loop early, or is stuck outside tmpi. Aborting the "
             "job.\n")
+        history = list(_WATCHDOG.history)
+        lines = "".join(
+            f"tmpi: rank {ctx.rank}   {g.describe()}"
+            f"{'   <- waiting here' if g is self else ''}\n"
+            for g in history)
+        sys.stderr.write(f"tmpi: rank {ctx.rank}: its last {len(history)} "
+                         f"exchanges, oldest first:\n{lines}")
         sys.stderr.flush()
         time.sleep(_GRACE_S)
         ctx.comm.Abort(1)

@@ -257,7 +257,7 @@ class Rule:
         if self.recorder is not None:
             self.recorder.open(self.ctx, config=self.config())
 
-    def _timer(self, kind, waits_for=None, step=None):
+    def _timer(self, kind, waits_for=None, step=None, buffer=None):
         """Context manager timing an exchange into the recorder: ``kind`` is
         ``'collective'`` (barrier into wait, then comm), ``'exchange'``
         (comm) or ``'blocked'`` (wait). A shared no-op without a recorder.
@@ -268,20 +268,21 @@ class Rule:
         """
         recorder = self.recorder
         timer = _NOT_TIMED if recorder is None else getattr(recorder, kind)
-        guard = _NOT_TIMED if waits_for is None else self._guard(waits_for,
-                                                                 step)
+        guard = _NOT_TIMED if waits_for is None else self._guard(
+            waits_for, step, buffer)
         if guard is _NOT_TIMED:
             return timer
         return guard if timer is _NOT_TIMED else _Guarded(guard, timer)
 
-    def _guard(self, waits_for, step=None):
+    def _guard(self, waits_for, step=None, buffer=None):
         """Context manager bounding a blocking wait by the exchange timeout
-        (:mod:`tmpi_core.watchdog`); a shared no-op when none is set."""
+        (:mod:`tmpi_core.watchdog`); a shared no-op when none is set.
+        ``buffer``, the fused buffer exchanged, is described on expiry."""
         timeout = exchange_timeout()
         if timeout is None:
             return _NOT_TIMED
         return ExchangeGuard(self.ctx, (self.title, waits_for), timeout,
-                             step)
+                             step, buffer)
 
     def _on_ready(self):
         """Hook for subclasses: allocate what needs the context."""

@@ -165,7 +165,8 @@ class BSP(Rule):
             check_same_across_ranks(self.ctx, spec, "gradients")
             self._grads = fused_buffer_for(
                 spec, allocate=self._exchanger.allocate, tail=1)
-        with self._timer("collective", "gradient exchange", self.step):
+        with self._timer("collective", "gradient exchange", self.step,
+                         self._grads):
             self._pack(self._grads, grads, self.has_batch)
             local_ok = self._check_local(self._grads)
             self._exchanger.allreduce_sum(self._grads)
@@ -199,7 +200,8 @@ class BSP(Rule):
                 "end_step needs the parameters on an exchange step; pass "
                 "them, or a function that reads them"
             )
-        with self._timer("collective", "parameter average", self.step - 1):
+        with self._timer("collective", "parameter average", self.step - 1,
+                         self._params):
             return self._average_params(params, step=self.step - 1)
 
     def finalize(self, params):
@@ -209,7 +211,7 @@ class BSP(Rule):
         evens out non-trainable state (batch-norm statistics) and, in
         ``'params'`` mode with ``every > 1``, the last partial period.
         """
-        with self._guard("final average"):
+        with self._guard("final average", buffer=self._params):
             return self._average_params(params, final=True)
 
     def _average_params(self, params, step=None, final=False):

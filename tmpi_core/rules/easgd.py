@@ -151,7 +151,7 @@ class EASGD(Rule):
                              "step; pass them, or a function that reads them")
         if self.synchronous:
             timer = self._timer("collective", "elastic exchange",
-                                self.step - 1)
+                                self.step - 1, self._work)
         else:
             timer = self._timer("exchange")
         with timer:
@@ -179,7 +179,7 @@ class EASGD(Rule):
             comm = self.ctx.comm
             # the round trip to the server
             with self._timer("blocked", "round trip to the server",
-                             self.step - 1):
+                             self.step - 1, self._local):
                 comm.Send(x, dest=0, tag=_TAG_PUSH)
                 comm.Recv(d, source=0, tag=_TAG_DIFF)
             np.subtract(x, d, out=x)
