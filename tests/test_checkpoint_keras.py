@@ -145,7 +145,7 @@ def test_sigint_to_launcher_stops_every_rank_with_one_checkpoint(
     proc = run_mpi_interrupted(
         "keras_ckpt.py", 2, out / "marker", "--out", out, "--rule", rule,
         "--options", options, "--ckpt", ckpt, "--epochs", 50, "--every",
-        1000, "--keep", 10, "--mark", "1:2", "--slow", 0.02)
+        1000, "--keep", 10, "--mark", "1:2", "--slow", 0.02, "--shorthand")
     stderr = proc.stderr
     assert proc.returncode != 0
     for rank in (0, 1):

@@ -63,8 +63,10 @@ class SharedVariablesIO(ModelIO):
     def load_all(self, arrays, path):
         """Set every variable from a checkpoint's ``var/i``."""
         targets = [_Shape(v) for v in self.variables]
-        for v, value in zip(self.variables,
-                            ordered_arrays(arrays, "var", targets, path)):
+        values = ordered_arrays(arrays, "var", targets, path,
+                                what="shared", where="run", names=[v.name for v in
+                                                      self.variables])
+        for v, value in zip(self.variables, values):
             v.set_value(np.asarray(value, dtype=v.dtype))
 
 

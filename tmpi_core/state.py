@@ -296,27 +296,41 @@ class TrainingState:
 
 
 
-def ordered_arrays(arrays, prefix, targets, path):
+def ordered_arrays(arrays, prefix, targets, path, *, what, where=None,
+                   names=None):
     """The checkpoint arrays ``<prefix>/0``, ``<prefix>/1``, ... for
     ``targets`` (objects with ``.shape``), in order, checked.
+
+    Args:
+        arrays: the checkpoint's arrays by name.
+        prefix: their name prefix (``'model'``, ``'var'``).
+        targets: what they will be assigned to, in order.
+        path: the checkpoint, for messages.
+        what: how messages call the targets (``'model'``: "model
+            variables").
+        where: how messages call this run's side (default ``what``:
+            "this model").
+        names: the targets' names, for messages.
 
     Raises:
         ResumeError: on a count or shape mismatch, naming ``path``.
     """
+    where = what if where is None else where
     keys = sorted((k for k in arrays if k.startswith(prefix + "/")),
                   key=lambda k: int(k.split("/", 1)[1]))
     if len(keys) != len(targets):
         raise ResumeError(
-            f"checkpoint {path} holds {len(keys)} {prefix} values; this "
-            f"run has {len(targets)}: resume with the model and update "
-            "rule (optimizer) that wrote it")
+            f"checkpoint {path} holds {len(keys)} {what} variables; this "
+            f"{where} has {len(targets)}: resume with the model and "
+            "optimizer (update rule) that wrote it")
     out = []
     for i, (key, target) in enumerate(zip(keys, targets)):
         value = arrays[key]
         if tuple(np.shape(value)) != tuple(target.shape):
+            name = f" ({names[i]})" if names is not None else ""
             raise ResumeError(
-                f"checkpoint {path}: {prefix} value {i} has shape "
-                f"{tuple(np.shape(value))} there and {tuple(target.shape)} "
-                "here")
+                f"checkpoint {path}: {what} variable {i}{name} has shape "
+                f"{tuple(np.shape(value))} in the checkpoint and "
+                f"{tuple(target.shape)} in this {where}")
         out.append(value)
     return out

@@ -1,8 +1,9 @@
-"""Train the test MLP with TMPISync(checkpoint=DIR), optionally failing.
+"""Train the test MLP with a TMPIBackupAndRestore, optionally failing.
 
 Run by tests/test_checkpoint_keras.py as ``mpiexec -n P python keras_ckpt.py
 --out DIR --ckpt CKPT [options]``. It resumes from CKPT when that holds a
-checkpoint (``fit(initial_epoch=sync.resume_epoch())``). Faults, at
+checkpoint, with no ``initial_epoch`` passed to ``fit`` (``--shorthand``:
+through ``TMPISync(checkpoint=CKPT)`` instead). Faults, at
 ``EPOCH:BATCH`` on ``--fault-rank``: ``--kill`` (SIGKILL itself), ``--raise``
 (an exception), ``--mark`` (write DIR/marker so the test can signal the
 launcher). Each rank writes ``DIR/rank{r}.json`` with its final weights.
@@ -38,6 +39,8 @@ p.add_argument("--mark", default=None, metavar="EPOCH:BATCH")
 p.add_argument("--fault-rank", type=int, default=1)
 p.add_argument("--slow", type=float, default=0.0, help="sleep per batch")
 p.add_argument("--record", default=None, help="TMPISync(record=DIR)")
+p.add_argument("--shorthand", action="store_true",
+               help="TMPISync(checkpoint=DIR) instead of TMPIBackupAndRestore")
 args = p.parse_args()
 
 rank, size = tmpi_keras.rank(), tmpi_keras.size()
@@ -46,11 +49,19 @@ note_errors_per_rank(args.out, RANK)
 x, y = make_data(args.n)
 x, y = tmpi_keras.shard((x, y))
 model = compile_model(make_model(100 + rank), make_optimizer(args.optimizer))
-sync = tmpi_keras.TMPISync(args.rule, checkpoint=args.ckpt,
-                           checkpoint_every=args.every,
-                           checkpoint_keep=args.keep,
-                           record=args.record,
-                           **json.loads(args.options))
+callbacks = []
+if args.shorthand:
+    sync = tmpi_keras.TMPISync(args.rule, checkpoint=args.ckpt,
+                               checkpoint_every=args.every,
+                               checkpoint_keep=args.keep,
+                               record=args.record,
+                               **json.loads(args.options))
+else:
+    sync = tmpi_keras.TMPISync(args.rule, record=args.record,
+                               **json.loads(args.options))
+    if args.ckpt:
+        callbacks.append(tmpi_keras.TMPIBackupAndRestore(
+            args.ckpt, sync=sync, every=args.every, keep=args.keep))
 
 
 def _at(spec):
@@ -80,9 +91,11 @@ class Faults(keras.callbacks.Callback):
                 f.write("ready")
 
 
+# No initial_epoch: the checkpoint callback makes fit start at the
+# restored epoch by itself.
 start = sync.resume_epoch() if args.ckpt else 0
 model.fit(x, y, batch_size=args.batch, epochs=args.epochs, shuffle=False,
-          initial_epoch=start, callbacks=[sync, Faults()], verbose=0)
+          callbacks=[sync, *callbacks, Faults()], verbose=0)
 with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
     json.dump({
         "start": start,

@@ -1,6 +1,7 @@
 """``TMPISync``: the Keras 3 callback that makes ``model.fit`` data-parallel."""
 
 import numbers
+import os
 import warnings
 
 import keras
@@ -118,9 +119,23 @@ class TMPISync(keras.callbacks.Callback):
             self.rule.recorder = make_recorder(record, comm=comm)
         self.state = TrainingState(self.rule, KerasIO(None, None),
                                    meta={"backend": _bridge.backend_name()})
-        self._backup = (None if checkpoint is None else TMPIBackupAndRestore(
-            checkpoint, sync=self, every=checkpoint_every,
-            keep=checkpoint_keep))
+        self._backup = None
+        if checkpoint is not None:
+            # named as this callback's arguments before the other checks
+            for name, value in (("checkpoint_every", checkpoint_every),
+                                ("checkpoint_keep", checkpoint_keep)):
+                if isinstance(value, bool) or not isinstance(value, int) \
+                        or value < 1:
+                    raise ValueError(f"{name}={value!r} must be an integer "
+                                     ">= 1")
+            if not isinstance(checkpoint, (str, os.PathLike)) \
+                    or not str(checkpoint):
+                raise ValueError(f"checkpoint={checkpoint!r} must be a "
+                                 "directory path (str or os.PathLike) or "
+                                 "None")
+            self._backup = TMPIBackupAndRestore(
+                checkpoint, sync=self, every=checkpoint_every,
+                keep=checkpoint_keep)
 
     def resume_epoch(self):
         """The epoch the newest checkpoint resumes at (0 without one).

@@ -124,16 +124,19 @@ class KerasIO(ModelIO):
     def load_all(self, arrays, path):
         """Assign a checkpoint's model and optimizer variables."""
         model = self.model
-        _assign(list(model.variables),
-                ordered_arrays(arrays, "model", list(model.variables), path))
+        variables = list(model.variables)
+        _assign(variables, ordered_arrays(
+            arrays, "model", variables, path, what="model",
+            names=[v.path for v in variables]))
         optimizer = model.optimizer
         if optimizer is not None and any(k.startswith("optimizer/")
                                          for k in arrays):
             if not optimizer.built:
                 optimizer.build(model.trainable_variables)
             variables = list(optimizer.variables)
-            _assign(variables,
-                    ordered_arrays(arrays, "optimizer", variables, path))
+            _assign(variables, ordered_arrays(
+                arrays, "optimizer", variables, path, what="optimizer",
+                names=[v.path for v in variables]))
 
 
 def _named(prefix, arrays):
