@@ -73,12 +73,13 @@ class FlatBuffer:
             for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)
         ]
         self.tail = self.data[int(self.offsets[-1]):]
+        self._fingerprint = None
 
     @property
     def fingerprint(self):
         """8 hex digits identifying the layout (shapes, dtype, tail): equal
         on ranks that exchange the same buffer, different otherwise."""
-        if getattr(self, "_fingerprint", None) is None:
+        if self._fingerprint is None:
             import zlib
 
             text = repr((self.shapes, str(self.data.dtype), self.tail.size))

@@ -22,6 +22,8 @@ from tmpi_core.uneven import UnevenBatches
 
 __all__ = ["ModelIO", "TrainingState", "ordered_arrays"]
 
+_NOT_READ = object()            # peek() has not read the directory yet
+
 
 class ModelIO:
     """How a :class:`TrainingState` reads and writes a framework's model.
@@ -87,6 +89,7 @@ class TrainingState:
         self.agreement = StopAgreement(comm=rule.comm,
                                        collective=rule.role == "peer")
         self.restored = None        # the Checkpoint restore() loaded
+        self._peeked = _NOT_READ
 
     def use_directory(self, directory, *, keep=2, every_epochs=1):
         """Checkpoint into ``directory`` from now on.
@@ -110,7 +113,7 @@ class TrainingState:
         until :meth:`restore` applies it). None without one."""
         if self.store is None:
             return None
-        if not hasattr(self, "_peeked"):
+        if self._peeked is _NOT_READ:
             self._peeked = self.store.load()
         return self._peeked
 
@@ -126,7 +129,7 @@ class TrainingState:
                 rule or (except BSP) number of ranks.
         """
         ckpt = self.peek()
-        self.__dict__.pop("_peeked", None)
+        self._peeked = _NOT_READ
         self.restored = ckpt
         if ckpt is None:
             return 0
