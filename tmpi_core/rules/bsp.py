@@ -178,6 +178,50 @@ class BSP(Rule):
             return None
         return self._grads.views
 
+    def bucketed(self, shapes, *, bucket_bytes=4 << 20, order=None):
+        """Gradient buckets for averaging overlapped with the backward pass
+        (:class:`tmpi_core.overlap.GradientBuckets`), on this rule's
+        communicator, its wait timed and guarded as :meth:`on_gradients`'s.
+
+        Each bucket is one non-blocking MPI allreduce (the ``'ar'``
+        strategy, bucket by bucket); ``nonfinite`` checks are not made.
+
+        Args:
+            shapes: the gradients' shapes, in parameter order.
+            bucket_bytes: bytes per bucket.
+            order: parameter indices in the order gradients arrive
+                (default: reversed).
+
+        Raises:
+            ValueError: in ``'params'`` mode, with a ``strategy`` other than
+                ``'auto'``/``'ar'``, with ``nonfinite`` set, or when the
+                ranks' gradient shapes differ (on every rank).
+        """
+        from tmpi_core.overlap import GradientBuckets
+
+        if self.mode != "grads":
+            raise ValueError("overlapped buckets average gradients; this "
+                             "BSP has mode='params'")
+        if self.strategy not in ("auto", "ar"):
+            raise ValueError(
+                f"strategy={self.strategy!r}: overlapped buckets are MPI "
+                "allreduces ('ar'); use strategy='ar' or turn overlap off")
+        if self.nonfinite is not None:
+            raise ValueError(
+                f"nonfinite={self.nonfinite!r} needs the whole buffer at "
+                "once; turn overlap off to check for NaN/Inf")
+        self._ready()
+        check_same_across_ranks(
+            self.ctx, [(f"#{i}", tuple(s), "float32")
+                       for i, s in enumerate(shapes)],
+            "gradients")
+        buckets = GradientBuckets(
+            shapes, comm=self.ctx.comm, bucket_bytes=bucket_bytes,
+            order=order,
+            timer=lambda: self._timer("blocked", "gradient exchange",
+                                      self.step, buckets.layout))
+        return buckets
+
     def wants_params(self):
         """True in ``'params'`` mode on every ``every``-th step."""
         return self.mode == "params" and (self.step + 1) % self.every == 0

@@ -1,0 +1,61 @@
+"""tmpi_adapters.torch on real ranks: BSP equals one process on the large
+batch (SGD, momentum, Adam; batch norm, a layer used twice, an unused
+layer), overlapped or not, with gradient accumulation; the other rules
+reach one model."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch adapter is tested "
+                            "in .venv, where torch is installed")
+
+from mpirun import run_mpi_json  # noqa: E402
+from torch_models import reference  # noqa: E402
+
+STEPS, B = 12, 8
+
+
+def _fit(tmp_path, name, ranks=2, *args):
+    return run_mpi_json("torch_fit.py", ranks, tmp_path / name, "--steps",
+                        STEPS, "--batch", B, *args, timeout=240)
+
+
+def _same_on_every_rank(results):
+    for r in results[1:]:
+        assert r["params"] == results[0]["params"]
+        assert r["buffers"] == results[0]["buffers"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_bsp_equals_large_batch_overlapped_or_not(tmp_path, optimizer):
+    overlapped = _fit(tmp_path, "overlap", 2, "--optimizer", optimizer)
+    plain = _fit(tmp_path, "plain", 2, "--optimizer", optimizer,
+                 "--overlap", 0)
+    want = reference(optimizer, STEPS, B, 2, 1)
+    for results in (overlapped, plain):
+        _same_on_every_rank(results)
+        for got, ref in zip(results[0]["params"], want):
+            np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
+    # the same sums in the same order: the same bits
+    assert overlapped[0]["params"] == plain[0]["params"]
+
+
+def test_gradient_accumulation_exchanges_once_per_step(tmp_path):
+    results = _fit(tmp_path, "acc", 3, "--optimizer", "momentum",
+                   "--accumulate", 3)
+    _same_on_every_rank(results)
+    want = reference("momentum", STEPS, B, 3, 3)
+    for got, ref in zip(results[0]["params"], want):
+        np.testing.assert_allclose(got, ref, rtol=5e-5, atol=5e-6)
+
+
+@pytest.mark.parametrize("rule,options", [
+    ("gosgd", '{"p": 0.5, "seed": 2}'),
+    ("easgd", '{"tau": 2, "synchronous": true}'),
+    ("bsp", '{"mode": "params", "every": 3}')])
+def test_other_rules_end_with_one_model(tmp_path, rule, options):
+    results = _fit(tmp_path, rule, 3, "--rule", rule, "--options", options)
+    for r in results[1:]:
+        np.testing.assert_allclose(r["params"][0], results[0]["params"][0],
+                                   rtol=1e-6, atol=1e-7)
+    assert all(r["step"] == STEPS for r in results)
