@@ -12,16 +12,21 @@ from mpirun import ROOT, run_mpi  # noqa: E402
 def test_keras_wresnet_trains_on_two_ranks(tmp_path):
     proc = run_mpi(f"{ROOT}/zoo/keras_wresnet.py", 2, "--epochs", 4,
                    "--save", tmp_path / "wrn.keras", timeout=300)
-    out = proc.stdout
-    # rank 0 alone prints: one header, one line per epoch, one final line
-    assert out.count("wrn_10_2:") == 1
-    assert len(re.findall(r"^Epoch \d+/4$", out, re.M)) == 4
-    final = re.search(r"final: test_accuracy=([\d.]+) .*samples/s=([\d.]+) "
-                      r"ranks=2", out)
-    assert final, out
-    assert float(final.group(1)) > 0.8      # digits, 4 epochs: well above 0.1
-    assert float(final.group(2)) > 0
+    # digits, 4 epochs: well above 0.1
+    check_output(proc.stdout, epochs=4, ranks=2, accuracy=0.8)
     assert (tmp_path / "wrn.keras").exists()
+
+
+def check_output(out, *, epochs, ranks, accuracy):
+    """The demo's stdout: rank 0 alone prints one header, one line per
+    epoch and one final line, with a test accuracy above ``accuracy``."""
+    assert out.count("wrn_10_2:") == 1
+    assert len(re.findall(rf"^Epoch \d+/{epochs}$", out, re.M)) == epochs
+    final = re.search(r"final: test_accuracy=([\d.]+) .*samples/s=([\d.]+) "
+                      rf"ranks={ranks}", out)
+    assert final, out
+    assert float(final.group(1)) > accuracy
+    assert float(final.group(2)) > 0
 
 
 def test_keras_wresnet_on_shared_memory(tmp_path):
