@@ -24,13 +24,24 @@ def _latest(ckpt):
 def test_resume_after_kill_equals_uninterrupted(tmp_path, lib, entry,
                                                 optimizer):
     _lib(lib)
+    check_resume_after_kill(tmp_path, lib, entry, optimizer)
+
+
+def check_resume_after_kill(tmp_path, lib, entry, optimizer, *, run=None,
+                            run_json=None):
+    """Uninterrupted, killed at epoch 2 (the last rank), resumed: the
+    resumed run ends where the uninterrupted one did. ``run`` and
+    ``run_json`` launch as ``run_mpi`` and ``run_mpi_json`` (the defaults)
+    do."""
+    run = run_mpi if run is None else run
+    run_json = run_mpi_json if run_json is None else run_json
     common = ("--lib", lib, "--entry", entry, "--optimizer", optimizer)
-    reference = run_mpi_json("graph_ckpt.py", 2, tmp_path / "a",
-                             "--ckpt", tmp_path / "ref", *common)
+    reference = run_json("graph_ckpt.py", 2, tmp_path / "a",
+                         "--ckpt", tmp_path / "ref", *common)
     ckpt = tmp_path / "ckpt"
     (tmp_path / "b").mkdir()
-    proc = run_mpi("graph_ckpt.py", 2, "--out", tmp_path / "b", "--ckpt",
-                   ckpt, *common, "--kill", "2:3", check=False)
+    proc = run("graph_ckpt.py", 2, "--out", tmp_path / "b", "--ckpt",
+               ckpt, *common, "--kill", "2:3", check=False)
     assert proc.returncode != 0
     killed_at = float((tmp_path / "b" / "killed_at").read_text())
     assert time.time() - killed_at < 30         # the launcher's reaction
@@ -40,8 +51,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, lib, entry,
         assert "var/0" in shared
     else:                            # momentum buffers differ per rank
         assert "var/0" in locals_[0] and "var/0" in locals_[1]
-    resumed = run_mpi_json("graph_ckpt.py", 2, tmp_path / "c", "--ckpt",
-                           ckpt, *common)
+    resumed = run_json("graph_ckpt.py", 2, tmp_path / "c", "--ckpt",
+                       ckpt, *common)
     assert resumed[0]["start"] == 2
     for rank in range(2):
         for a, b in zip(resumed[rank]["params"], reference[rank]["params"]):
@@ -79,10 +90,19 @@ def test_asynchronous_rules_checkpoint_and_resume(tmp_path, rule, options,
 
 def test_sigint_stops_every_rank_with_one_checkpoint(tmp_path):
     _lib("pytensor")
+    check_sigint(tmp_path)
+
+
+def check_sigint(tmp_path, *, run_interrupted=None):
+    """Ctrl-C to the launcher of 2 ranks: every rank stops, one checkpoint
+    marked interrupted, the last. ``run_interrupted`` launches as
+    ``run_mpi_interrupted`` (the default) does."""
+    if run_interrupted is None:
+        run_interrupted = run_mpi_interrupted
     out = tmp_path / "out"
     out.mkdir()
     ckpt = tmp_path / "ckpt"
-    proc = run_mpi_interrupted(
+    proc = run_interrupted(
         "graph_ckpt.py", 2, out / "marker", "--out", out, "--ckpt", ckpt,
         "--epochs", 1000, "--mark", "1:2", "--slow", 0.01)
     stderr = proc.stderr

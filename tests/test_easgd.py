@@ -45,6 +45,11 @@ def simulate_one_worker(x0, alpha):
 def test_synchronous_equals_serial_simulation(tmp_path, ranks):
     results = run_mpi_json("easgd_core.py", ranks, tmp_path, "--synchronous",
                            "--steps", STEPS, "--tau", TAU, "--eta", ETA)
+    check_synchronous(results, ranks)
+
+
+def check_synchronous(results, ranks):
+    """easgd_core.py --synchronous against :func:`simulate_sync`."""
     alpha = 0.9 / ranks
     want_traj, want_c = simulate_sync(results[0]["x0"], ranks, alpha)
     for rank, r in enumerate(results):
@@ -57,8 +62,13 @@ def test_synchronous_equals_serial_simulation(tmp_path, ranks):
 
 
 def test_asynchronous_one_worker_equals_serial_form(tmp_path):
-    server, worker = run_mpi_json("easgd_core.py", 2, tmp_path, "--steps",
-                                  STEPS, "--tau", TAU, "--eta", ETA)
+    check_one_worker(run_mpi_json("easgd_core.py", 2, tmp_path, "--steps",
+                                  STEPS, "--tau", TAU, "--eta", ETA))
+
+
+def check_one_worker(results):
+    """easgd_core.py on 2 ranks against :func:`simulate_one_worker`."""
+    server, worker = results
     assert (server["role"], worker["role"]) == ("server", "worker")
     alpha = 0.9                                  # beta / (p - 1) workers
     want_traj, want_c = simulate_one_worker(worker["x0"], alpha)
@@ -74,6 +84,12 @@ def test_asynchronous_center_moves_only_by_elastic_differences(tmp_path,
                                                                ranks):
     results = run_mpi_json("easgd_core.py", ranks, tmp_path, "--steps", 30,
                            "--tau", 2, "--delays", timeout=120)
+    check_center_books(results, ranks)
+
+
+def check_center_books(results, ranks):
+    """easgd_core.py --steps 30 --tau 2: the server's and the workers'
+    elastic books agree, and every rank ends on the center."""
     server, workers = results[0], results[1:]
     c0 = np.array(server["x0"])
     moved = np.array(server["center"]) - c0

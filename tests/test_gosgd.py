@@ -33,8 +33,14 @@ def check_run(ranks_runs, run, size):
 def test_exchanges_conserve_weight_and_weighted_sum(tmp_path, size):
     results = run_mpi_json("gosgd_core.py", size, tmp_path, "--runs", 3,
                            "--steps", 30, "--p", 0.5)
+    check_conserved(results, 3, size)
+
+
+def check_conserved(results, runs, size):
+    """gosgd_core.py without training: every run's invariants, and the
+    consensus is the mean of the starting vectors."""
     total_messages = 0
-    for run in range(3):
+    for run in range(runs):
         records, n = check_run(results, run, size)
         total_messages += n
         # no training: sum_i a_i x_i stays the mean of the starting vectors
