@@ -34,7 +34,14 @@ $(TVENV)/.installed: setup.py
 demo: venv
 	KERAS_BACKEND=torch $(BIN)/mpiexec -n $(RANKS) $(BIN)/python zoo/keras_wresnet.py
 
-test: test-main test-theano
+test: hostbed-deps test-main test-theano
+
+# tests/test_hosts.py's emulated hosts need iproute2 (ip, tc) and root; as
+# root without it, install it. Elsewhere those tests skip with the reason.
+.PHONY: hostbed-deps
+hostbed-deps:
+	@command -v ip >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && apt-get install -y -qq iproute2) || true
 
 test-main: venv
 	KERAS_BACKEND=torch $(BIN)/python -m pytest tests -q
