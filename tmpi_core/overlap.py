@@ -101,6 +101,7 @@ class GradientBuckets:
             except NotImplementedError:
                 self._requests = None
         self._started = []
+        self._open = 0              # the first started bucket not yet done
         self._next = 0
         self._scale = 1.0 / self.size
         self._present = True
@@ -116,6 +117,7 @@ class GradientBuckets:
         self._remaining[:] = self._members
         self._added[:] = [False] * len(self._added)
         self._started.clear()
+        self._open = 0
         self._next = 0
         self._present = present
         self.layout.tail[0] = 1.0 if present else 0.0
@@ -137,8 +139,11 @@ class GradientBuckets:
     def poke(self):
         """Let MPI progress the buckets in flight (cheap; call it from the
         framework's hooks while it computes)."""
-        if self._started:
-            self._MPI.Request.Testall(self._started)
+        # one request at a time: MPICH's Testall reports an error for a
+        # persistent collective that completes inside it
+        started = self._started
+        while self._open < len(started) and started[self._open].Test():
+            self._open += 1
 
     def pending(self):
         """True between the first :meth:`add` of a step and :meth:`finish`."""
@@ -162,6 +167,7 @@ class GradientBuckets:
                 self._MPI.Request.Waitall(self._started)
         self._added[:] = [False] * len(self._added)
         self._started.clear()
+        self._open = 0
         count = int(round(float(self.layout.tail[0])))
         if count == 0:
             return None

@@ -41,8 +41,9 @@ class BSP(Rule):
         mode: ``'grads'`` (default) or ``'params'``.
         every: period in steps; ``> 1`` needs ``mode='params'``.
         strategy: exchanger name: ``'auto'`` (default: ``'shm'`` when
-            every rank is on one host, else ``'ar'``), ``'ar'``, ``'asa16'``
-            or ``'shm'`` (see :func:`tmpi_core.make_exchanger`).
+            every rank is on one host, ``'ar'`` with one rank per host,
+            else ``'hier'``), ``'ar'``, ``'asa16'``, ``'shm'``, ``'hier'``
+            or ``'hier16'`` (see :func:`tmpi_core.make_exchanger`).
         lr_scaling: ``None`` or ``'linear'`` (see :class:`Rule`).
         warmup_steps: warm-up steps for linear scaling.
         nonfinite: what to do when a rank's gradients (or, in ``'params'``

@@ -41,7 +41,8 @@ class EASGD(Rule):
         beta: used when ``alpha`` is None; in (0, 1], paper default 0.9.
         synchronous: the synchronous form instead of server/worker.
         strategy: exchanger for the synchronous allreduce (``'auto'``:
-            ``'shm'`` on one host, else ``'ar'``; see :class:`BSP`).
+            ``'shm'`` on one host, ``'ar'`` with one rank per host, else
+            ``'hier'``; see :class:`BSP`).
         comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
 
     Raises:
