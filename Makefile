@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 TBIN   := $(TVENV)/bin
 RANKS  ?= 2
 
-.PHONY: demo test test-main test-theano bench venv venv-theano clean
+.PHONY: demo test test-main test-theano test-long bench venv venv-theano clean
 
 venv: $(VENV)/.installed
 venv-theano: $(TVENV)/.installed
@@ -46,8 +46,15 @@ hostbed-deps:
 test-main: venv
 	KERAS_BACKEND=torch $(BIN)/python -m pytest tests -q
 
+# What needs Theano/Lasagne, and the in-process tests (the core on numpy
+# < 1.24); every test that launches ranks without Theano runs in test-main
+# (markers set in tests/conftest.py).
 test-theano: venv-theano
-	$(TBIN)/python -m pytest tests -q
+	$(TBIN)/python -m pytest tests -q -m "(theano or not launches) and not long"
+
+# Full-size soaks and benchmarks (pytest.ini: marked long), minutes more.
+test-long: venv
+	KERAS_BACKEND=torch $(BIN)/python -m pytest tests -q -m long
 
 bench: venv
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/python benchmarks/exchange.py

@@ -4,7 +4,9 @@ The full soak (20,000 BSP steps per mode, 1,000 GoSGD runs, one 200,000-step
 GoSGD run) takes minutes and is recorded in benchmarks/RESULTS.md; here the
 same script runs small, and each of its checks is shown to catch the fault
 it is for: a leak, a wrong sum, a lost message (which hangs the shutdown
-until the watchdog aborts the job).
+until the watchdog aborts the job). The short soak (about a minute) is
+marked ``long`` (``make test-long``); the default run has a smoke of every
+part, a few seconds.
 """
 
 import os
@@ -33,6 +35,33 @@ def verdicts(stdout):
     return found
 
 
+def test_soak_smoke_runs_every_part():
+    # every part, a hundredth of the short soak: the script and its verdict
+    # lines cannot rot in the default run
+    proc = run_mpi(SOAK, 2, "--bsp-steps", 200, *SMALL_BSP,
+                   "--gosgd-runs", 5, "--long-steps", 2000,
+                   "--easgd-steps", 200, "--sample-every", 10,
+                   "--warmup", 0.2, "--stall-s", 60, timeout=120)
+    assert re.search(r"^SOAK PASS", proc.stdout, re.M), proc.stdout
+    v = verdicts(proc.stdout)
+    assert set(v) == {"bsp-grads", "bsp-params", "gosgd", "gosgd-long",
+                      "easgd"}
+    for part, (verdict, f) in v.items():
+        assert verdict == "PASS", (part, f)
+        assert f["ranks"] == 2 and f["rss_samples"] >= 2
+    for mode in ("grads", "params"):
+        _, f = v[f"bsp-{mode}"]
+        assert f["steps"] == 200 and f["tensors"] == 25
+        assert f["bad_steps"] == 0 and f["max_err"] <= f["tol"]
+    _, f = v["gosgd"]
+    assert f["runs"] == 5 and f["bad_runs"] == 0 and f["lost"] == 0
+    _, f = v["gosgd-long"]
+    assert f["steps"] == 2000 and f["messages"] == f["received"] == 4000
+    _, f = v["easgd"]
+    assert f["steps"] == 200 and f["exchanges"] == 200
+
+
+@pytest.mark.long
 def test_short_soak_passes_with_its_figures():
     proc = run_mpi(SOAK, 2, "--bsp-steps", 2000, *SMALL_BSP,
                    "--gosgd-runs", 50, "--long-steps", 40000,
