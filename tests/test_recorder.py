@@ -152,6 +152,32 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path):
 # -- on real ranks ------------------------------------------------------------
 
 SLEEP = 0.15
+SLOW_STEPS = 4
+GOSGD = ("--rule", "gosgd", "--options", json.dumps({"p": 1.0, "seed": 3}),
+         "--steps", 6)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """``recorded(name, *args)``: the run directory ``.../name`` of
+    recorder_core.py on 2 ranks with ``args``, launched once per module for
+    each distinct call (the report test draws the runs other tests check)."""
+    runs = {}
+
+    def record(name, *args):
+        key = (name, *map(str, args))
+        if key not in runs:
+            run = tmp_path_factory.mktemp("recorded") / name
+            run_mpi("recorder_core.py", 2, "--run-dir", run, *args)
+            runs[key] = run
+        return runs[key]
+
+    return record
+
+
+def slow_rank_run(recorded, rule, options):
+    return recorded(rule, "--rule", rule, "--options", json.dumps(options),
+                    "--steps", SLOW_STEPS, "--sleep", SLEEP)
 
 
 @pytest.mark.parametrize("rule,options", [
@@ -159,12 +185,9 @@ SLEEP = 0.15
     ("bsp", {"mode": "params"}),
     ("easgd", {"synchronous": True}),
 ])
-def test_a_slow_rank_makes_the_others_wait(tmp_path, rule, options):
-    run = tmp_path / "run"
-    steps = 4
-    run_mpi("recorder_core.py", 2, "--run-dir", run, "--rule", rule,
-            "--options", json.dumps(options), "--steps", steps,
-            "--sleep", SLEEP)
+def test_a_slow_rank_makes_the_others_wait(recorded, rule, options):
+    run = slow_rank_run(recorded, rule, options)
+    steps = SLOW_STEPS
     fast, slow = lines_of(run, 0), lines_of(run, 1)
     assert len(fast) == len(slow) == steps
     # (BSP on gradients checks the gradients' shapes across ranks at its
@@ -191,7 +214,7 @@ def test_a_slow_rank_makes_the_others_wait(tmp_path, rule, options):
     assert summary["config"]["rule"] == rule
 
 
-def test_asynchronous_rules_count_blocking_as_wait(tmp_path):
+def test_asynchronous_rules_count_blocking_as_wait(tmp_path, recorded):
     # EASGD (server/worker): the server trains not and records no step; the
     # worker's round trip with the server is wait, every tau=2 steps.
     easgd = tmp_path / "easgd"
@@ -203,9 +226,7 @@ def test_asynchronous_rules_count_blocking_as_wait(tmp_path):
     assert all(line["comm"] >= 0 for line in worker)
     assert_summary_sums_lines(easgd, 2)
     # GoSGD never blocks on a peer; with p=1 it pushes every step.
-    gosgd = tmp_path / "gosgd"
-    run_mpi("recorder_core.py", 2, "--run-dir", gosgd, "--rule", "gosgd",
-            "--options", json.dumps({"p": 1.0, "seed": 3}), "--steps", 6)
+    gosgd = recorded("gosgd", *GOSGD)
     for rank in (0, 1):
         lines = lines_of(gosgd, rank)
         assert len(lines) == 6
@@ -316,12 +337,9 @@ def report_command():
     return path
 
 
-def test_tmpi_report_plots_runs_side_by_side(tmp_path):
+def test_tmpi_report_plots_runs_side_by_side(tmp_path, recorded):
     pytest.importorskip("matplotlib", reason="tmpi-report needs matplotlib")
-    runs = [tmp_path / "bsp", tmp_path / "gosgd"]
-    run_mpi("recorder_core.py", 2, "--run-dir", runs[0], "--steps", 5)
-    run_mpi("recorder_core.py", 2, "--run-dir", runs[1], "--rule", "gosgd",
-            "--options", json.dumps({"p": 0.5, "seed": 1}), "--steps", 8)
+    runs = [slow_rank_run(recorded, "bsp", {}), recorded("gosgd", *GOSGD)]
     out = tmp_path / "plots"
     proc = subprocess.run([report_command(), *map(str, runs), "-o", str(out)],
                           capture_output=True, text=True, timeout=120,
@@ -332,8 +350,8 @@ def test_tmpi_report_plots_runs_side_by_side(tmp_path):
         assert f"wrote {path}" in proc.stdout
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
-    assert "bsp: 2 ranks, 5 steps per rank" in proc.stdout
-    assert "gosgd: 2 ranks, 8 steps per rank" in proc.stdout
+    assert f"bsp: 2 ranks, {SLOW_STEPS} steps per rank" in proc.stdout
+    assert "gosgd: 2 ranks, 6 steps per rank" in proc.stdout
     # one run: the plots go into its own directory
     proc = subprocess.run([sys.executable, "-m", "tmpi_core.report",
                            str(runs[0])], capture_output=True, text=True,
@@ -341,7 +359,7 @@ def test_tmpi_report_plots_runs_side_by_side(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (runs[0] / "time_breakdown.png").read_bytes().startswith(PNG)
     run = read_run(runs[1])
-    assert run["meta"]["ranks"] == 2 and len(run["ranks"][1]) == 8
+    assert run["meta"]["ranks"] == 2 and len(run["ranks"][1]) == 6
 
 
 def test_tmpi_report_fails_clearly_without_records(tmp_path):
