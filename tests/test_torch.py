@@ -59,3 +59,26 @@ def test_other_rules_end_with_one_model(tmp_path, rule, options):
         np.testing.assert_allclose(r["params"][0], results[0]["params"][0],
                                    rtol=1e-6, atol=1e-7)
     assert all(r["step"] == STEPS for r in results)
+
+
+def _final(stdout):
+    line = [ln for ln in stdout.splitlines() if ln.startswith("final:")]
+    assert line, stdout
+    return dict(kv.split("=") for kv in line[-1].split()[1:])
+
+
+def test_zoo_resnet_trains_and_resumes_exactly(tmp_path):
+    from mpirun import ROOT, run_mpi
+
+    script = f"{ROOT}/zoo/torch_resnet.py"
+    straight = run_mpi(script, 2, "--epochs", 3, "--width", 8, timeout=300)
+    final = _final(straight.stdout)
+    assert float(final["test_accuracy"]) > 0.85, straight.stdout
+    ckpt = tmp_path / "ckpt"
+    run_mpi(script, 2, "--epochs", 2, "--width", 8, "--checkpoint", ckpt,
+            timeout=300)
+    resumed = run_mpi(script, 2, "--epochs", 3, "--width", 8,
+                      "--checkpoint", ckpt, timeout=300)
+    assert "resumed at epoch 2" in resumed.stdout, resumed.stdout
+    # model, optimizer (momentum) and rule state came back exactly
+    assert _final(resumed.stdout)["test_loss"] == final["test_loss"]

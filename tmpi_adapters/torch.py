@@ -39,6 +39,7 @@ from tmpi_core import make_recorder, make_rule
 from tmpi_core.broadcast import broadcast_arrays
 from tmpi_core.checks import check_same_across_ranks, describe_arrays
 from tmpi_core.data import shard_indices
+from tmpi_core.checkpoint import ResumeError, from_json_array, json_array
 from tmpi_core.state import ModelIO, TrainingState, ordered_arrays
 
 __all__ = ["TorchSync", "distributed", "shard_loader", "ShardSampler"]
@@ -314,11 +315,25 @@ class _TorchIO(ModelIO):
     def write_synchronised(self, arrays):
         _write(self.sync._params + self.sync._buffers, arrays)
 
+    def _split(self):
+        buffers = {id(b) for b in self.sync.model.buffers()}
+        return [(f"model/{i}", t, id(t) in buffers) for i, t in
+                enumerate(self.sync.model.state_dict(keep_vars=True).values())]
+
+    def read_local(self):
+        """The model's buffers (batch-norm statistics): every rank's own."""
+        return {k: t.detach().cpu().numpy().copy()
+                for k, t, buffer in self._split() if buffer}
+
     def read_all(self):
-        out = {f"model/{i}": t.detach().cpu().numpy().copy()
-               for i, t in enumerate(self.sync.model.state_dict().values())}
-        for i, (_, t) in enumerate(_optimizer_tensors(self.sync.optimizer)):
+        out = {k: t.detach().cpu().numpy().copy()
+               for k, t, buffer in self._split() if not buffer}
+        tensors = _optimizer_tensors(self.sync.optimizer)
+        for i, (_, t) in enumerate(tensors):
             out[f"optimizer/{i}"] = t.detach().cpu().numpy().copy()
+        # torch makes an optimizer's state at its first step: the names let
+        # a fresh optimizer be given its state back
+        out["optimizer_names"] = json_array([k for k, _ in tensors])
         return out
 
     def load_all(self, arrays, path):
@@ -329,15 +344,46 @@ class _TorchIO(ModelIO):
         with torch.no_grad():
             for t, v in zip(targets, values):
                 t.copy_(torch.from_numpy(np.asarray(v)))
-        tensors = _optimizer_tensors(self.sync.optimizer)
-        if tensors or any(k.startswith("optimizer/") for k in arrays):
-            values = ordered_arrays(arrays, "optimizer",
-                                    [t for _, t in tensors], path,
-                                    what="optimizer",
-                                    names=[k for k, _ in tensors])
-            with torch.no_grad():
-                for (_, t), v in zip(tensors, values):
-                    t.copy_(torch.from_numpy(np.asarray(v)))
+        optimizer = self.sync.optimizer
+        if "optimizer_names" not in arrays:
+            return
+        names = from_json_array(arrays["optimizer_names"])
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        mine = dict(_optimizer_tensors(optimizer))
+        if mine and sorted(mine) != sorted(names):
+            raise ResumeError(
+                f"checkpoint {path} holds optimizer state {names[:4]}...; "
+                f"this optimizer has {list(mine)[:4]}...: resume with the "
+                "optimizer that wrote it")
+        values = ordered_arrays(arrays, "optimizer", [
+            _Shape(arrays[f"optimizer/{i}"]) for i in range(len(names))],
+            path, what="optimizer")
+        with torch.no_grad():
+            for name, value in zip(names, values):
+                head, key = name.split(".", 1)
+                index = int(head[len("param"):])
+                if index >= len(params):
+                    raise ResumeError(
+                        f"checkpoint {path} holds optimizer state for "
+                        f"parameter {index}; this optimizer has "
+                        f"{len(params)} parameters")
+                tensor = torch.from_numpy(np.array(value))
+                if name in mine:
+                    if tuple(mine[name].shape) != tuple(tensor.shape):
+                        raise ResumeError(
+                            f"checkpoint {path}: optimizer state {name} has "
+                            f"shape {tuple(tensor.shape)} there and "
+                            f"{tuple(mine[name].shape)} here")
+                    mine[name].copy_(tensor)
+                else:
+                    optimizer.state[params[index]][key] = tensor
+
+
+class _Shape:
+    __slots__ = ("shape",)
+
+    def __init__(self, array):
+        self.shape = np.shape(array)
 
 
 def _optimizer_tensors(optimizer):

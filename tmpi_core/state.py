@@ -45,8 +45,15 @@ class ModelIO:
         state's own (``rule/...``, ``rng``, ``center/...``)."""
         raise NotImplementedError
 
+    def read_local(self):
+        """``{name: array}`` of what each rank holds for itself even when
+        the rule keeps the ranks equal (batch-norm statistics: each rank's
+        own batches move them); names distinct from :meth:`read_all`'s.
+        Stored per rank. Default: nothing."""
+        return {}
+
     def load_all(self, arrays, path):
-        """Assign what :meth:`read_all` saved (``arrays`` holds those names
+        """Assign what :meth:`read_all` and :meth:`read_local` saved (``arrays`` holds those names
         among others); raise :class:`tmpi_core.ResumeError` naming ``path``
         when it does not fit."""
         raise NotImplementedError
@@ -180,6 +187,8 @@ class TrainingState:
         shared, local = rule_state_arrays(rule)
         local["rng"] = json_array(get_rng_state())
         (shared if rule.ranks_identical else local).update(model)
+        local.update({k: np.asarray(v)
+                      for k, v in self.io.read_local().items()})
         if rule.recorder is not None:
             rule.recorder.flush()
         meta = dict(self.meta, epoch=int(epoch), step=rule.step,

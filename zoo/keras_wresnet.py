@@ -105,11 +105,12 @@ def parse_args(argv=None):
                    help="scale lr by the number of ranks after a warm-up")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--strategy", default="auto",
-                   choices=["auto", "ar", "asa16", "shm"],
+                   choices=["auto", "ar", "asa16", "shm", "hier", "hier16"],
                    help="bsp's exchanger: auto (default: shm when every "
-                        "rank is on one host, else ar), ar (MPI Allreduce), "
-                        "asa16 (fp16 on the wire) or shm (MPI shared "
-                        "memory)")
+                        "rank is on one host, ar with one rank per host, "
+                        "else hier), ar (MPI Allreduce), asa16 (fp16 on the "
+                        "wire), shm (MPI shared memory), hier (shared memory "
+                        "within hosts, ar between) or hier16 (asa16 between)")
     p.add_argument("--data", choices=["digits", "cifar10", "mnist"],
                    default="digits",
                    help="digits: bundled with scikit-learn (default);\n"

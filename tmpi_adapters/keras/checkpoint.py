@@ -112,10 +112,19 @@ class KerasIO(ModelIO):
         """Assign arrays to the synchronised weights."""
         _bridge.write(self.weights, arrays)
 
+    def read_local(self):
+        """The model's non-trainable variables (batch-norm statistics):
+        every rank's own, even when the rule keeps the weights equal."""
+        variables = list(self.model.variables)
+        return {f"model/{i}": np.asarray(v.numpy())
+                for i, v in enumerate(variables) if not v.trainable}
+
     def read_all(self):
-        """Every model variable (``model/i``) and, once built, every
-        optimizer variable (``optimizer/i``)."""
-        out = _named("model", _bridge.read(self.model.variables))
+        """The model's trainable variables (``model/i``) and, once built,
+        every optimizer variable (``optimizer/i``)."""
+        variables = list(self.model.variables)
+        out = {f"model/{i}": np.asarray(v.numpy())
+               for i, v in enumerate(variables) if v.trainable}
         optimizer = self.model.optimizer
         if optimizer is not None and optimizer.built:
             out.update(_named("optimizer", _bridge.read(optimizer.variables)))
