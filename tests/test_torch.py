@@ -40,6 +40,19 @@ def test_bsp_equals_large_batch_overlapped_or_not(tmp_path, optimizer):
     assert overlapped[0]["params"] == plain[0]["params"]
 
 
+@pytest.mark.parametrize("overlap", [1, 0])
+def test_device_path_through_torch_distributed_equals_mpi(tmp_path,
+                                                          overlap):
+    # The GPU path's code (buckets as device tensors, a torch.distributed
+    # group bootstrapped over MPI) with gloo on the CPU: all but NCCL.
+    device = _fit(tmp_path, "gloo", 2, "--optimizer", "adam", "--backend",
+                  "gloo", "--overlap", overlap)
+    _same_on_every_rank(device)
+    want = reference("adam", STEPS, B, 2, 1)
+    for got, ref in zip(device[0]["params"], want):
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
+
+
 def test_gradient_accumulation_exchanges_once_per_step(tmp_path):
     results = _fit(tmp_path, "acc", 3, "--optimizer", "momentum",
                    "--accumulate", 3)

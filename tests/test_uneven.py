@@ -66,3 +66,12 @@ def test_graph_bsp_uneven_equals_replay(tmp_path, mode):
                         "--lib", lib, "--mode", mode, "--batches",
                         ",".join(map(str, COUNTS)), "--epochs", EPOCHS,
                         "--lr", LR, timeout=300))
+
+
+@pytest.mark.parametrize("mode", ["grads", "params"])
+def test_torch_bsp_uneven_equals_replay(tmp_path, mode):
+    pytest.importorskip("torch", reason="torch is installed in .venv")
+    _check(run_mpi_json("uneven.py", 3, tmp_path, "--entry", "torch",
+                        "--mode", mode, "--batches",
+                        ",".join(map(str, COUNTS)), "--epochs", EPOCHS,
+                        "--lr", LR, timeout=300))

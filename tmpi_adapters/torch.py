@@ -26,8 +26,10 @@ and the optimizer stay the objects they were, so learning-rate schedulers,
 returned :class:`TorchSync` holds the rule, ``no_sync()`` for gradient
 accumulation, checkpoints and ``finalize()``.
 
-On CUDA tensors the exchange goes through the host (MPI) in this version:
-see the README's "GPU" section.
+On CUDA tensors (the GPU path) the gradient buckets live on the device and
+are summed by NCCL through torch.distributed, whose process group is built
+from the MPI communicator (:mod:`tmpi_adapters.torch_device`); the CPU path
+stays MPI. Put each rank's model on :func:`local_device` first.
 """
 
 import contextlib
@@ -42,16 +44,27 @@ from tmpi_core.data import shard_indices
 from tmpi_core.checkpoint import ResumeError, from_json_array, json_array
 from tmpi_core.state import ModelIO, TrainingState, ordered_arrays
 
-__all__ = ["TorchSync", "distributed", "shard_loader", "ShardSampler"]
+__all__ = ["TorchSync", "distributed", "local_device", "shard_loader",
+           "ShardSampler"]
 
 #: Default bucket size: 4 MiB, chosen by benchmarks/vs_ddp.py (see
 #: benchmarks/RESULTS.md).
 BUCKET_MB = 4.0
 
 
+def local_device():
+    """The device this rank should put its model on: ``cuda:<local rank
+    % GPUs>`` where CUDA is available (one GPU per rank of a host), else
+    the CPU. ``model.to(tmpi_torch.local_device())`` before
+    :func:`distributed`; a model the user placed stays where it is."""
+    from tmpi_adapters.torch_device import local_device as _local
+
+    return _local()
+
+
 def distributed(model, optimizer, rule="bsp", *, overlap=True,
-                bucket_mb=BUCKET_MB, checkpoint=None, checkpoint_keep=2,
-                comm=None, record=None, **options):
+                bucket_mb=BUCKET_MB, backend=None, checkpoint=None,
+                checkpoint_keep=2, comm=None, record=None, **options):
     """Synchronise a torch model and optimizer across MPI ranks with a rule.
 
     Collective: call it on every rank after building the model and the
@@ -69,6 +82,10 @@ def distributed(model, optimizer, rule="bsp", *, overlap=True,
             ``optimizer.step()`` (``False``; needed for ``nonfinite`` and
             the ``asa16``/``shm`` strategies).
         bucket_mb: bucket size in MiB for ``overlap``.
+        backend: how BSP gradients move: ``None`` (default) is MPI for a
+            model on the CPU and ``'nccl'`` (torch.distributed, buckets on
+            the device) for a model on CUDA; ``'gloo'`` takes the
+            torch.distributed path on the CPU.
         checkpoint: a directory for :meth:`TorchSync.save` /
             :meth:`TorchSync.restore`, or None.
         checkpoint_keep: newest checkpoints to keep.
@@ -89,7 +106,8 @@ def distributed(model, optimizer, rule="bsp", *, overlap=True,
         >>> sync = tmpi_torch.distributed(model, optimizer, "bsp")
     """
     return TorchSync(model, optimizer, rule, overlap=overlap,
-                     bucket_mb=bucket_mb, checkpoint=checkpoint,
+                     bucket_mb=bucket_mb, backend=backend,
+                     checkpoint=checkpoint,
                      checkpoint_keep=checkpoint_keep, comm=comm,
                      record=record, **options)
 
@@ -107,8 +125,8 @@ class TorchSync:
     """
 
     def __init__(self, model, optimizer, rule="bsp", *, overlap=True,
-                 bucket_mb=BUCKET_MB, checkpoint=None, checkpoint_keep=2,
-                 comm=None, record=None, **options):
+                 bucket_mb=BUCKET_MB, backend=None, checkpoint=None,
+                 checkpoint_keep=2, comm=None, record=None, **options):
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model={type(model).__name__} must be a "
                              "torch.nn.Module")
@@ -137,11 +155,21 @@ class TorchSync:
             raise ValueError(
                 f"parameters {stray[:5]} of the model are not in the "
                 "optimizer; pass the optimizer that trains this model")
-        if any(p.device.type != "cpu" for p in self._params):
-            raise ValueError(
-                "the model is on a GPU; this version exchanges host "
-                "tensors: move it to the CPU, or see the README's GPU "
-                "section")
+        devices = {p.device for p in self._params}
+        if len(devices) > 1:
+            raise ValueError(f"the model's parameters are on {devices}; "
+                             "put the whole model on one device")
+        device = devices.pop() if devices else torch.device("cpu")
+        if backend not in (None, "nccl", "gloo"):
+            raise ValueError(f"backend={backend!r} must be None (MPI on the "
+                             "CPU, NCCL on CUDA), 'nccl' or 'gloo'")
+        if backend is None and device.type == "cuda":
+            backend = "nccl"
+        if backend == "nccl" and device.type != "cuda":
+            raise ValueError("backend='nccl' needs the model on a CUDA "
+                             "device (model.to(tmpi_torch.local_device()))")
+        self.device = device
+        self.backend = backend
         self._buffers = [b for b in model.buffers()
                          if torch.is_floating_point(b)]
         if record is not None:
@@ -158,10 +186,21 @@ class TorchSync:
         self._zero_grads = {}
         self.buckets = None
         self._hooks = []
-        if self.rule.exchanges_gradients and overlap:
-            self.buckets = self.rule.bucketed(
-                [tuple(p.shape) for p in self._params],
-                bucket_bytes=int(bucket_mb * (1 << 20)))
+        shapes = [tuple(p.shape) for p in self._params]
+        bucket_bytes = int(bucket_mb * (1 << 20))
+        if self.rule.exchanges_gradients and backend is not None:
+            from tmpi_adapters.torch_device import (DeviceBuckets,
+                                                    process_group)
+
+            self.rule.check_bucketed(shapes)
+            self.buckets = DeviceBuckets(
+                shapes, group=process_group(ctx, backend), size=ctx.size,
+                device=device,
+                bucket_bytes=bucket_bytes if overlap else 1 << 62)
+        elif self.rule.exchanges_gradients and overlap:
+            self.buckets = self.rule.bucketed(shapes,
+                                              bucket_bytes=bucket_bytes)
+        if self.buckets is not None:
             self.buckets.begin()
             index = {id(p): i for i, p in enumerate(self._params)}
             for p in self._params:
@@ -243,12 +282,14 @@ class TorchSync:
     # -- hooks ---------------------------------------------------------------
     def _grad_ready_hook(self, index):
         buckets = self.buckets
+        on_device = self.backend is not None
 
         def hook(param):
             if self._sync_grads:
                 if not buckets.pending():
                     buckets.begin(present=self.rule.has_batch)
-                buckets.add(index, param.grad.detach().numpy())
+                grad = param.grad.detach()
+                buckets.add(index, grad if on_device else grad.numpy())
             buckets.poke()
         return hook
 
@@ -270,11 +311,13 @@ class TorchSync:
                 for p in self._params:
                     p.grad = None
                 return
+            on_device = self.backend is not None
             for p, a in zip(self._params, averaged):
+                a = a if on_device else torch.from_numpy(a)
                 if p.grad is None:
-                    p.grad = torch.from_numpy(np.array(a)).to(p.dtype)
+                    p.grad = a.to(device=p.device, dtype=p.dtype, copy=True)
                 else:
-                    p.grad.copy_(torch.from_numpy(a))
+                    p.grad.copy_(a)
         elif not rule.has_batch:
             for p in self._params:          # uneven data: no own update
                 p.grad = None
@@ -401,7 +444,9 @@ def _optimizer_tensors(optimizer):
 
 
 def _read(tensors):
-    return [t.detach().numpy() for t in tensors]
+    # a view on the CPU; a host copy of a device tensor (rules other than
+    # BSP on gradients stage parameters through the host)
+    return [t.detach().cpu().numpy() for t in tensors]
 
 
 def _write(tensors, arrays):

@@ -27,6 +27,9 @@ p.add_argument("--bucket-mb", type=float, default=0.001)
 p.add_argument("--steps", type=int, default=12)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--accumulate", type=int, default=1)
+p.add_argument("--backend", default=None, help="gloo | nccl (default: MPI "
+               "on the CPU, NCCL on CUDA)")
+p.add_argument("--device", default="cpu", help="cpu | local (the rank's GPU)")
 args = p.parse_args()
 
 import tmpi_adapters.torch as tmpi_torch  # noqa: E402
@@ -35,10 +38,13 @@ from tmpi_core import get_context  # noqa: E402
 ctx = get_context()
 torch.manual_seed(100 + ctx.rank)        # differs: rank 0's is broadcast
 model = make_model()
+device = (tmpi_torch.local_device() if args.device == "local"
+          else torch.device("cpu"))
+model.to(device)
 optimizer = OPTIMIZERS[args.optimizer](model.parameters())
 sync = tmpi_torch.distributed(model, optimizer, args.rule,
                               overlap=bool(args.overlap),
-                              bucket_mb=args.bucket_mb,
+                              bucket_mb=args.bucket_mb, backend=args.backend,
                               **json.loads(args.options))
 loss_fn = torch.nn.CrossEntropyLoss()
 for step, micro in enumerate(batches(args.steps, args.batch, ctx.size,
@@ -46,14 +52,16 @@ for step, micro in enumerate(batches(args.steps, args.batch, ctx.size,
     optimizer.zero_grad()
     for m, (x, y) in enumerate(micro[ctx.rank]):
         last = m == len(micro[ctx.rank]) - 1
+        x, y = x.to(device), y.to(device)
         with sync.no_sync() if not last else torch.enable_grad():
             loss = loss_fn(model(x), y) / args.accumulate
             loss.backward()
     optimizer.step()
 sync.finalize()
 with open(os.path.join(args.out, f"rank{ctx.rank}.json"), "w") as f:
-    json.dump({"params": [p.detach().numpy().tolist()
+    json.dump({"params": [p.detach().cpu().numpy().tolist()
                           for p in model.parameters()],
-               "buffers": [b.detach().numpy().tolist()
+               "buffers": [b.detach().cpu().numpy().tolist()
                            for b in model.buffers()],
+               "device": str(device),
                "step": sync.rule.step}, f)

@@ -15,7 +15,8 @@ import numpy as np
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
-p.add_argument("--entry", choices=("core", "keras", "graph"), required=True)
+p.add_argument("--entry", choices=("core", "keras", "graph", "torch"),
+               required=True)
 p.add_argument("--lib", default="pytensor")
 p.add_argument("--rule", default="bsp")
 p.add_argument("--mode", default="grads")
@@ -92,6 +93,31 @@ def keras_fit():
     return np.asarray(model.layers[0].kernel.numpy())
 
 
+def torch_loop():
+    import torch
+
+    import tmpi_adapters.torch as tmpi_torch
+
+    model = torch.nn.Linear(DIM, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(initial_weights(rank).T))
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    sync = tmpi_torch.distributed(model, optimizer, "bsp", mode=args.mode,
+                                  bucket_mb=1e-5)
+    for _ in range(args.epochs):
+        n = 0
+        for x, y in sync.batches(mine):
+            optimizer.zero_grad()
+            loss = torch.mean((model(torch.from_numpy(x))
+                               - torch.from_numpy(y)) ** 2)
+            loss.backward()
+            optimizer.step()
+            n += 1
+        steps.append(n)
+    sync.finalize()
+    return model.weight.detach().numpy().T
+
+
 def graph():
     import tmpi_core
 
@@ -131,7 +157,8 @@ def graph():
     return np.asarray(w.get_value())
 
 
-w = {"core": core, "keras": keras_fit, "graph": graph}[args.entry]()
+w = {"core": core, "keras": keras_fit, "graph": graph,
+     "torch": torch_loop}[args.entry]()
 with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
     json.dump({"w": np.asarray(w, np.float64).ravel().tolist(),
                "steps": steps, "own": counts[rank]}, f)

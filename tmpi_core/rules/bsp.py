@@ -179,6 +179,28 @@ class BSP(Rule):
             return None
         return self._grads.views
 
+    def check_bucketed(self, shapes):
+        """Raise ``ValueError`` (on every rank) unless this rule can average
+        gradients of these shapes bucket by bucket: ``'grads'`` mode,
+        strategy ``'auto'``/``'ar'``, no ``nonfinite`` check, and the same
+        shapes on every rank (collective)."""
+        if self.mode != "grads":
+            raise ValueError("overlapped buckets average gradients; this "
+                             "BSP has mode='params'")
+        if self.strategy not in ("auto", "ar"):
+            raise ValueError(
+                f"strategy={self.strategy!r}: overlapped buckets are "
+                "allreduces of their own; use strategy='ar' or turn "
+                "overlap off")
+        if self.nonfinite is not None:
+            raise ValueError(
+                f"nonfinite={self.nonfinite!r} needs the whole buffer at "
+                "once; turn overlap off to check for NaN/Inf")
+        self._ready()
+        check_same_across_ranks(
+            self.ctx, [(f"#{i}", tuple(s), "float32")
+                       for i, s in enumerate(shapes)], "gradients")
+
     def bucketed(self, shapes, *, bucket_bytes=4 << 20, order=None):
         """Gradient buckets for averaging overlapped with the backward pass
         (:class:`tmpi_core.overlap.GradientBuckets`), on this rule's
@@ -200,22 +222,7 @@ class BSP(Rule):
         """
         from tmpi_core.overlap import GradientBuckets
 
-        if self.mode != "grads":
-            raise ValueError("overlapped buckets average gradients; this "
-                             "BSP has mode='params'")
-        if self.strategy not in ("auto", "ar"):
-            raise ValueError(
-                f"strategy={self.strategy!r}: overlapped buckets are MPI "
-                "allreduces ('ar'); use strategy='ar' or turn overlap off")
-        if self.nonfinite is not None:
-            raise ValueError(
-                f"nonfinite={self.nonfinite!r} needs the whole buffer at "
-                "once; turn overlap off to check for NaN/Inf")
-        self._ready()
-        check_same_across_ranks(
-            self.ctx, [(f"#{i}", tuple(s), "float32")
-                       for i, s in enumerate(shapes)],
-            "gradients")
+        self.check_bucketed(shapes)
         buckets = GradientBuckets(
             shapes, comm=self.ctx.comm, bucket_bytes=bucket_bytes,
             order=order,
