@@ -681,9 +681,24 @@ def _launch_args(bed, hosts, ppn):
     return bed, bed.mpiexec_args(ppn, hosts)
 
 
-def _sweep(bed):
-    """Kill what a run left inside the hosts; returns those pids."""
-    left = bed.pids()
+def _sweep(bed, grace=5.0):
+    """Kill what a run left inside the hosts after ``grace`` seconds to end
+    on its own (the launcher can return before the last proxy has).
+
+    Returns:
+        list of ``"pid command line"`` of what was left.
+    """
+    deadline = time.monotonic() + grace
+    while bed.pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = []
+    for pid in bed.pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = "?"
+        left.append(f"{pid} {cmd.strip()[:200]}")
     if left:
         bed.kill_all()
     return left
@@ -706,9 +721,9 @@ def run_on_hosts(script, *args, hosts=2, ppn=2, bed=None, check=True,
         **kwargs: ``timeout``, ``env`` as for ``run_mpi``.
 
     Returns:
-        subprocess.CompletedProcess; ``.leftover`` lists the pids that were
-        still running inside the hosts after the launcher ended (then
-        killed).
+        subprocess.CompletedProcess; ``.leftover`` lists what still ran
+        inside the hosts 5 s after the launcher ended (``"pid command
+        line"``; then killed).
     """
     from mpirun import run_mpi
 
