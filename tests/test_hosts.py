@@ -4,7 +4,7 @@ x 2 ranks, checked by the same assertion helpers as on one host, and faults
 over the link (a rank killed on the other host, the link cut mid-training,
 Ctrl-C to the launcher).
 
-The bed needs root and iproute2; elsewhere these tests skip with its
+The bed needs root and iproute2; elsewhere the module skips with the
 reason. One bed serves the module (``bed``); the life-cycle tests bring up
 beds of their own before it.
 """
@@ -26,17 +26,14 @@ from hosts import (HostBed, hostbed, run_on_hosts, run_on_hosts_interrupted,
 from mpirun import HERE, ROOT, run_mpi
 from test_graph_adapters import _lib
 
+if unavailable_reason():        # one skip, with the reason, for the module
+    pytest.skip(unavailable_reason(), allow_module_level=True)
+
 bed = hostbed(2)
 
 LAYOUTS = [pytest.param(1, id="2x1"), pytest.param(2, id="2x2")]
 LINK_TIMEOUT = 5            # TMPI_EXCHANGE_TIMEOUT when the link is cut
 KILL_LIMIT = 30             # seconds from a SIGKILL to the launcher's end
-
-
-def _available():
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
 
 
 def _traces(k):
@@ -89,7 +86,6 @@ def _run_interrupted(script, n, marker, *args, **kwargs):
 # -- the bed -----------------------------------------------------------------
 
 def test_bed_comes_up_idempotently_and_down_leaves_nothing():
-    _available()
     bed3 = HostBed(3, rate="10gbit")
     try:
         bed3.up()
@@ -124,7 +120,6 @@ _CHILD = (f"import sys, time\nsys.path.insert(0, {HERE!r})\n"
 
 
 def test_leftovers_of_a_crashed_run_are_removed():
-    _available()
     # brings a bed up, starts a process in it and dies without tearing down
     code = _CHILD + ("import os, subprocess; b = HostBed(2).up(); "
                      "subprocess.Popen(['ip', 'netns', 'exec', b.hosts[1], "
@@ -141,7 +136,6 @@ def test_leftovers_of_a_crashed_run_are_removed():
 
 
 def test_sigterm_to_the_owner_tears_its_bed_down():
-    _available()
     code = _CHILD + ("with HostBed(2) as b:\n"
                      "    print(b.id, flush=True)\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code],
