@@ -20,7 +20,6 @@ exchange left visible.
 
 import argparse
 import os
-import socket
 import statistics
 import time
 
@@ -94,16 +93,9 @@ configs["compute"] = (model, opt)
 if not args.skip_ddp:
     import torch.distributed as dist
 
-    if ctx.rank == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    else:
-        port = None
-    port = ctx.comm.bcast(port, root=0)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=ctx.rank, world_size=ctx.size)
+    from tmpi_adapters.torch_device import process_group
+
+    process_group(ctx, "gloo")        # bootstrapped over MPI, as tmpi does
     model, opt = fresh()
     configs["ddp"] = (nn.parallel.DistributedDataParallel(model), opt)
 syncs = {}
