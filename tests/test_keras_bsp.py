@@ -46,6 +46,15 @@ def test_bsp_two_ranks_equal_large_batch(tmp_path, mode, optimizer,
     check_large_batch(ranks, optimizer)
 
 
+def test_overlapped_buckets_equal_large_batch(tmp_path):
+    # torch backend: gradients exchanged bucket by bucket during backward
+    # (many small buckets here)
+    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "adam",
+                         "--batch", B, "--n", N, "--epochs", EPOCHS,
+                         "--overlap")
+    check_large_batch(ranks, "adam")
+
+
 def check_large_batch(ranks, optimizer):
     """keras_fit.py's ranks (batch B each) against :func:`reference`."""
     want_w, want_h = reference(optimizer, ranks=len(ranks))

@@ -30,6 +30,8 @@ p.add_argument("--warmup-steps", type=int, default=0)
 p.add_argument("--strategy", default="ar")
 p.add_argument("--rule", default="bsp")
 p.add_argument("--options", default="{}", help="JSON options of --rule")
+p.add_argument("--overlap", action="store_true",
+               help="TMPISync(overlap=True, bucket_mb=0.001): many buckets")
 args = p.parse_args()
 
 rank, size = tmpi_keras.rank(), tmpi_keras.size()
@@ -49,7 +51,8 @@ if args.rule == "bsp":
     sync = tmpi_keras.TMPISync("bsp", mode=args.mode, every=args.every,
                                lr_scaling=args.lr_scaling,
                                warmup_steps=args.warmup_steps,
-                               strategy=args.strategy)
+                               strategy=args.strategy, overlap=args.overlap,
+                               bucket_mb=0.001)
 else:
     sync = tmpi_keras.TMPISync(args.rule, **json.loads(args.options))
 initial = [np.asarray(w).tolist() for w in model.get_weights()]

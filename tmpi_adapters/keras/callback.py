@@ -72,6 +72,12 @@ class TMPISync(keras.callbacks.Callback):
             one), or None.
         checkpoint_every: write a checkpoint every this many epochs.
         checkpoint_keep: how many of the newest checkpoints to keep.
+        overlap: torch backend, gradient averaging: exchange the gradients
+            bucket by bucket while the backward pass runs (each gradient is
+            packed the moment torch has finished it), instead of all at
+            once before the update. Same results; see
+            ``benchmarks/RESULTS.md`` for when it pays.
+        bucket_mb: bucket size in MiB with ``overlap``.
         record: a run directory (or a :class:`tmpi_core.Recorder`) to record
             every training step's calc / comm / wait seconds, epoch, loss
             and metrics in (the batch logs, as Keras reports them); calc is
@@ -92,11 +98,21 @@ class TMPISync(keras.callbacks.Callback):
 
     def __init__(self, rule="bsp", *, average_metrics=True, comm=None,
                  checkpoint=None, checkpoint_every=1, checkpoint_keep=2,
-                 record=None, **options):
+                 record=None, overlap=False, bucket_mb=4.0, **options):
         super().__init__()
         if not isinstance(average_metrics, bool):
             raise ValueError(
                 f"average_metrics={average_metrics!r} must be True or False")
+        if not isinstance(overlap, bool):
+            raise ValueError(f"overlap={overlap!r} must be True or False")
+        if isinstance(bucket_mb, bool) or not isinstance(
+                bucket_mb, (int, float)) or not bucket_mb > 0:
+            raise ValueError(f"bucket_mb={bucket_mb!r} must be a number of "
+                             "MiB > 0")
+        self.overlap = overlap
+        self.bucket_mb = bucket_mb
+        self._buckets = None
+        self._grad_hooks = []
         if isinstance(rule, str):
             options["comm"] = comm
         self.rule = make_rule(rule, **options)
@@ -202,7 +218,11 @@ class TMPISync(keras.callbacks.Callback):
         if self._backup is not None:
             self._backup.set_model(model)
             self._backup.on_train_begin(logs)
-        if grads_rule:
+        if grads_rule and self.overlap:
+            self._start_buckets(model)
+            self._remove_hook = _bridge.install_gradient_hook(
+                model.optimizer, self._finish_buckets)
+        elif grads_rule:
             self._remove_hook = _bridge.install_gradient_hook(
                 model.optimizer, self.rule.on_gradients)
         elif self._uneven is not None:
@@ -303,6 +323,7 @@ class TMPISync(keras.callbacks.Callback):
         if self._remove_hook is not None:
             self._remove_hook()
             self._remove_hook = None
+        self._stop_buckets()
         state = self.state
         _bridge.write(self._weights,
                       self.rule.finalize(_bridge.read(self._weights)))
@@ -323,6 +344,47 @@ class TMPISync(keras.callbacks.Callback):
         self.rule.close()
         if interrupted:
             raise state.interruption()
+
+    def _start_buckets(self, model):
+        # torch backend: a Keras variable's value is a torch Parameter, so
+        # torch tells us when each gradient is complete during backward
+        if _bridge.backend_name() != "torch":
+            raise ValueError(
+                "TMPISync(overlap=True) needs the torch backend (it hooks "
+                "torch's backward pass); drop overlap on "
+                f"{_bridge.backend_name()}")
+        variables = list(model.trainable_variables)
+        if self._buckets is None:
+            self._buckets = self.rule.bucketed(
+                [tuple(v.shape) for v in variables],
+                bucket_bytes=int(self.bucket_mb * (1 << 20)))
+        buckets, rule = self._buckets, self.rule
+
+        def hook_for(index):
+            def hook(param):
+                if not buckets.pending():
+                    buckets.begin(present=rule.has_batch)
+                buckets.add(index, param.grad.detach().numpy())
+                buckets.poke()
+            return hook
+
+        self._grad_hooks = [v.value.register_post_accumulate_grad_hook(
+            hook_for(i)) for i, v in enumerate(variables)]
+
+    def _finish_buckets(self, grads):
+        # the optimizer's apply: every bucket started during backward
+        buckets = self._buckets
+        if not buckets.pending():
+            buckets.begin(present=self.rule.has_batch)
+        return buckets.finish()
+
+    def _stop_buckets(self):
+        for hook in self._grad_hooks:
+            hook.remove()
+        self._grad_hooks = []
+        if self._buckets is not None:
+            self._buckets.free()
+            self._buckets = None
 
     def _skip_without_batch(self, grads):
         # uneven data, a rule that does not average gradients: a rank
