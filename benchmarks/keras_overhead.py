@@ -7,7 +7,9 @@ same per-rank batch in two ways, alternating in the same process:
 * **sync**: ``model.fit(..., callbacks=[TMPISync('bsp'), timer])`` --
   gradients averaged across ranks before every update (the fused exchange);
 * **local**: ``model.fit(..., callbacks=[timer])`` -- every rank trains on
-  its own, no communication during the steps.
+  its own, no communication during the steps;
+* with ``--overlap``, also **overlap**: ``TMPISync('bsp', overlap=True)``,
+  the gradients exchanged bucket by bucket during the backward pass.
 
 The data are synthetic (standard-normal images, uniform labels): a step
 costs the same whatever the pixel values. A timer callback records the
@@ -90,6 +92,10 @@ def parse_args(argv=None):
                    help="fits of each way, alternating (default 6)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed fits of each way first (default 1)")
+    p.add_argument("--overlap", action="store_true",
+                   help="also time TMPISync('bsp', overlap=True)")
+    p.add_argument("--bucket-mb", type=float, default=4.0,
+                   help="bucket size with --overlap")
     p.add_argument("--json", default=None,
                    help="write the figures (rank 0) to this JSON file")
     p.add_argument("--record", default=None, metavar="RUN_DIR",
@@ -130,7 +136,10 @@ def main(argv=None):
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
-    sync = tmpi_keras.TMPISync("bsp", record=args.record)
+    syncs = {"sync": tmpi_keras.TMPISync("bsp", record=args.record)}
+    if args.overlap:
+        syncs["overlap"] = tmpi_keras.TMPISync(
+            "bsp", overlap=True, bucket_mb=args.bucket_mb, strategy="ar")
     timer = StepTimer()
     if ctx.rank == 0:
         print(f"{model.name}: {trainable:,} trainable parameters "
@@ -140,19 +149,20 @@ def main(argv=None):
               flush=True)
 
     def fit(way):
-        callbacks = [sync, timer] if way == "sync" else [timer]
+        callbacks = [syncs[way], timer] if way in syncs else [timer]
         ctx.barrier()
         model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False,
                   callbacks=callbacks, verbose=0)
         # the slowest rank's time, step by step
         return _max_over_ranks(ctx, timer.steps)
 
+    ways = [*syncs, "local"]
     for _ in range(args.warmup):
-        fit("sync")
-        fit("local")
-    steps = {"sync": [], "local": []}
+        for way in ways:
+            fit(way)
+    steps = {way: [] for way in ways}
     for i in range(args.repeats):
-        for way in (("sync", "local") if i % 2 == 0 else ("local", "sync")):
+        for way in (ways if i % 2 == 0 else ways[::-1]):
             steps[way].extend(fit(way))
             if ctx.rank == 0:
                 last = steps[way][-(args.steps - 1):]
@@ -173,10 +183,17 @@ def main(argv=None):
                  "python": platform.python_version(),
                  "loadavg": os.getloadavg()},
     }
+    if "overlap" in med:
+        result["overlap_over_local"] = med["overlap"] / med["local"]
+        result["overlap_over_sync"] = med["overlap"] / med["sync"]
     if ctx.rank == 0:
         print(f"median step: sync {1e3 * med['sync']:.1f} ms, local "
               f"{1e3 * med['local']:.1f} ms, sync/local {ratio:.3f} "
               f"({len(steps['sync'])} steps each)", flush=True)
+        if "overlap" in med:
+            print(f"overlap {1e3 * med['overlap']:.1f} ms: overlap/local "
+                  f"{result['overlap_over_local']:.3f}, overlap/sync "
+                  f"{result['overlap_over_sync']:.3f}", flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)

@@ -43,6 +43,18 @@ def test_an_extra_exchange_on_one_rank_ends_the_job(case, exchange):
     assert seconds < 30, seconds
 
 
+def test_a_rank_missing_from_the_stop_agreement_ends_the_job():
+    # the agreement's wait is guarded like the rules' exchanges
+    t0 = time.monotonic()
+    proc = run_mpi("exchange_timeout.py", 2, "--case", "agreement",
+                   check=False, timeout=60,
+                   env={"TMPI_EXCHANGE_TIMEOUT": 2})
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert ("tmpi: rank 0 of 2 has waited 2 s in the stop agreement "
+            "(signals, end of data)") in proc.stderr, proc.stderr
+    assert time.monotonic() - t0 < 30
+
+
 def test_without_a_timeout_the_extra_exchange_waits(tmp_path):
     # The behaviour the timeout exists for: the launcher does not return.
     with pytest.raises(AssertionError, match="timed out|hung|Timeout"):

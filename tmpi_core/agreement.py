@@ -15,6 +15,7 @@ import signal
 import numpy as np
 
 from tmpi_core.context import get_context
+from tmpi_core.watchdog import guarded
 
 __all__ = ["Decision", "StopAgreement"]
 
@@ -145,7 +146,8 @@ class StopAgreement:
             return self.last
         if self._request is None:
             return None
-        self._request.Wait()
+        with guarded(self.ctx, "the stop agreement (signals, end of data)"):
+            self._request.Wait()
         self._request = None
         self.last = Decision(bool(self._flags[2] > 0),
                              int(round(self._flags[3])))

@@ -25,6 +25,7 @@ import numpy as np
 
 from tmpi_core._version import __version__
 from tmpi_core.context import get_context
+from tmpi_core.watchdog import guarded
 
 __all__ = ["Checkpoint", "CheckpointError", "Checkpointer", "Interrupted",
            "ResumeError", "check_resumable",
@@ -132,11 +133,15 @@ class Checkpointer:
                 previous checkpoint is kept).
         """
         ctx = self._context()
-        locals_ = ctx.comm.gather(_plain_arrays(local or {}, "local"), root=0)
+        local = _plain_arrays(local or {}, "local")
+        with guarded(ctx, "the checkpoint save (gathering every rank's "
+                          "state)"):
+            locals_ = ctx.comm.gather(local, root=0)
         result = None
         if ctx.rank == 0:
             result = self._write_guarded(shared, locals_, meta, ctx.size)
-        ok, value = ctx.bcast(result, root=0)
+        with guarded(ctx, "the checkpoint save (rank 0 writing)"):
+            ok, value = ctx.bcast(result, root=0)
         if not ok:
             raise CheckpointError(value)
         return value
@@ -234,8 +239,9 @@ class Checkpointer:
                 ranks = payload[1]["meta"]["ranks"]
                 per_rank = [locals_.get(r % ranks, {})
                             for r in range(ctx.size)]
-        payload = ctx.bcast(payload, root=0)
-        local = ctx.comm.scatter(per_rank, root=0)
+        with guarded(ctx, "the checkpoint load"):
+            payload = ctx.bcast(payload, root=0)
+            local = ctx.comm.scatter(per_rank, root=0)
         if payload is None:
             return None
         ok, value = payload

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 
-__all__ = ["ENV_VAR", "exchange_timeout", "set_exchange_timeout"]
+__all__ = ["ENV_VAR", "exchange_timeout", "guarded", "set_exchange_timeout"]
 
 #: The environment variable read at import: seconds, or empty/``0``/``off``.
 ENV_VAR = "TMPI_EXCHANGE_TIMEOUT"
@@ -44,6 +44,10 @@ ENV_VAR = "TMPI_EXCHANGE_TIMEOUT"
 _GRACE_S = 1.0
 #: How many of its last guarded exchanges a rank prints on expiry.
 HISTORY = 6
+#: Seconds ``MPI_Abort`` gets before the process exits by itself: on a host
+#: cut off from the launcher, MPICH's abort waits for a process manager
+#: that cannot reach it.
+ABORT_EXIT_S = 5.0
 
 _timeout = None
 _env_error = None
@@ -216,4 +220,27 @@ class ExchangeGuard:
                          f"exchanges, oldest first:\n{lines}")
         sys.stderr.flush()
         time.sleep(_GRACE_S)
+        # if the abort cannot reach the process manager (the link is down),
+        # end this process anyway rather than wait for the link
+        exit_timer = threading.Timer(ABORT_EXIT_S, os._exit, args=(1,))
+        exit_timer.daemon = True
+        exit_timer.start()
         ctx.comm.Abort(1)
+
+
+def guarded(ctx, what, step=None):
+    """A context manager bounding a blocking collective outside the rules
+    (checkpoint saves and loads, the stop agreement) by the exchange
+    timeout; a no-op when none is set.
+
+    Args:
+        ctx: the :class:`tmpi_core.Context`.
+        what: what is waited for ("the checkpoint save").
+        step: the step, if any, for the message.
+    """
+    import contextlib
+
+    timeout = exchange_timeout()
+    if timeout is None:
+        return contextlib.nullcontext()
+    return ExchangeGuard(ctx, what, timeout, step)

@@ -6,6 +6,8 @@ others, which have left; without a timeout it would wait for good.
 exchanges, less than the timeout each time though more in total; every
 rank finishes and writes ``--out DIR/rank{r}.json`` with the averages.
 ``--case easgd-extra``: synchronous EASGD, rank 0 one elastic exchange more.
+``--case agreement``: rank 1 leaves the stop agreement after 2 rounds and
+waits; rank 0 goes on and waits in the agreement.
 """
 
 import argparse
@@ -19,7 +21,7 @@ import tmpi_core
 
 p = argparse.ArgumentParser()
 p.add_argument("--case", required=True,
-               choices=["extra-call", "slow", "easgd-extra"])
+               choices=["extra-call", "slow", "easgd-extra", "agreement"])
 p.add_argument("--sleep", type=float, default=0.0)
 p.add_argument("--out", default=None)
 args = p.parse_args()
@@ -36,6 +38,13 @@ if args.case == "easgd-extra":
         out = rule.end_step(params)
         params = [o.copy() for o in out]
     raise SystemExit(0)                 # rank 0 never gets here
+
+if args.case == "agreement":
+    agreement = tmpi_core.StopAgreement()
+    for _ in range(4 if rank == 0 else 2):
+        agreement.round()
+    time.sleep(60)                      # rank 1 is elsewhere for good
+    raise SystemExit(0)
 
 rule = tmpi_core.make_rule("bsp", mode="grads")
 rule.start(params)
