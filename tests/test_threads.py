@@ -25,6 +25,7 @@ def _clean_env(**extra):
     return env
 
 
+@pytest.mark.theano        # .venv-theano runs it with theano imported first
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
                     reason="needs 2 cores to tell 1 busy thread from 2")
 def test_library_imported_first_gets_one_thread_per_core_share(tmp_path):

@@ -62,6 +62,10 @@ def test_graph_bsp_uneven_equals_replay(tmp_path, mode):
     except ImportError:
         pytest.importorskip("pytensor", reason="PyTensor is tested in .venv")
         lib = "pytensor"
+    if lib == "theano" and mode == "params":
+        pytest.skip("the graph code is the same for both libraries; params "
+                    "mode runs on PyTensor in .venv (a Theano compile on 3 "
+                    "ranks costs a minute)")
     _check(run_mpi_json("uneven.py", 3, tmp_path, "--entry", "graph",
                         "--lib", lib, "--mode", mode, "--batches",
                         ",".join(map(str, COUNTS)), "--epochs", EPOCHS,
