@@ -63,8 +63,9 @@ def local_device():
 
 
 def distributed(model, optimizer, rule="bsp", *, overlap=True,
-                bucket_mb=BUCKET_MB, backend=None, checkpoint=None,
-                checkpoint_keep=2, comm=None, record=None, **options):
+                bucket_mb=BUCKET_MB, progress="none", backend=None,
+                checkpoint=None, checkpoint_keep=2, comm=None, record=None,
+                **options):
     """Synchronise a torch model and optimizer across MPI ranks with a rule.
 
     Collective: call it on every rank after building the model and the
@@ -82,6 +83,12 @@ def distributed(model, optimizer, rule="bsp", *, overlap=True,
             ``optimizer.step()`` (``False``; needed for ``nonfinite`` and
             the ``asa16``/``shm`` strategies).
         bucket_mb: bucket size in MiB for ``overlap``.
+        progress: ``'none'`` (default): MPI moves the started buckets
+            inside its own calls (starting the next bucket, the final
+            wait); ``'test'``: every gradient hook also tests the started
+            requests. Measured side by side (``benchmarks/RESULTS.md``),
+            testing was no faster at the default bucket size, and MPICH's
+            progress thread (``MPIR_CVAR_ASYNC_PROGRESS=1``) cost compute.
         backend: how BSP gradients move: ``None`` (default) is MPI for a
             model on the CPU and ``'nccl'`` (torch.distributed, buckets on
             the device) for a model on CUDA; ``'gloo'`` takes the
@@ -106,7 +113,7 @@ def distributed(model, optimizer, rule="bsp", *, overlap=True,
         >>> sync = tmpi_torch.distributed(model, optimizer, "bsp")
     """
     return TorchSync(model, optimizer, rule, overlap=overlap,
-                     bucket_mb=bucket_mb, backend=backend,
+                     bucket_mb=bucket_mb, progress=progress, backend=backend,
                      checkpoint=checkpoint,
                      checkpoint_keep=checkpoint_keep, comm=comm,
                      record=record, **options)
@@ -125,8 +132,9 @@ class TorchSync:
     """
 
     def __init__(self, model, optimizer, rule="bsp", *, overlap=True,
-                 bucket_mb=BUCKET_MB, backend=None, checkpoint=None,
-                 checkpoint_keep=2, comm=None, record=None, **options):
+                 bucket_mb=BUCKET_MB, progress="none", backend=None,
+                 checkpoint=None, checkpoint_keep=2, comm=None, record=None,
+                 **options):
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model={type(model).__name__} must be a "
                              "torch.nn.Module")
@@ -135,6 +143,10 @@ class TorchSync:
                              "a torch.optim.Optimizer")
         if not isinstance(overlap, bool):
             raise ValueError(f"overlap={overlap!r} must be True or False")
+        if progress not in ("none", "test"):
+            raise ValueError(f"progress={progress!r} must be 'none' or "
+                             "'test'")
+        self.progress = progress
         if isinstance(bucket_mb, bool) or not isinstance(
                 bucket_mb, (int, float)) or not bucket_mb > 0:
             raise ValueError(f"bucket_mb={bucket_mb!r} must be a number of "
@@ -283,6 +295,7 @@ class TorchSync:
     def _grad_ready_hook(self, index):
         buckets = self.buckets
         on_device = self.backend is not None
+        test = self.progress == "test"
 
         def hook(param):
             if self._sync_grads:
@@ -290,7 +303,8 @@ class TorchSync:
                     buckets.begin(present=self.rule.has_batch)
                 grad = param.grad.detach()
                 buckets.add(index, grad if on_device else grad.numpy())
-            buckets.poke()
+            if test:
+                buckets.poke()
         return hook
 
     def _before_step(self, optimizer, args, kwargs):

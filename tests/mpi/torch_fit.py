@@ -29,6 +29,7 @@ p.add_argument("--batch", type=int, default=8)
 p.add_argument("--accumulate", type=int, default=1)
 p.add_argument("--backend", default=None, help="gloo | nccl (default: MPI "
                "on the CPU, NCCL on CUDA)")
+p.add_argument("--progress", default="none", help="none | test")
 p.add_argument("--device", default="cpu", help="cpu | local (the rank's GPU)")
 args = p.parse_args()
 
@@ -45,6 +46,7 @@ optimizer = OPTIMIZERS[args.optimizer](model.parameters())
 sync = tmpi_torch.distributed(model, optimizer, args.rule,
                               overlap=bool(args.overlap),
                               bucket_mb=args.bucket_mb, backend=args.backend,
+                              progress=args.progress,
                               **json.loads(args.options))
 loss_fn = torch.nn.CrossEntropyLoss()
 for step, micro in enumerate(batches(args.steps, args.batch, ctx.size,

@@ -365,7 +365,6 @@ class TMPISync(keras.callbacks.Callback):
                 if not buckets.pending():
                     buckets.begin(present=rule.has_batch)
                 buckets.add(index, param.grad.detach().numpy())
-                buckets.poke()
             return hook
 
         self._grad_hooks = [v.value.register_post_accumulate_grad_hook(
