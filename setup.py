@@ -64,8 +64,10 @@ setup(
                 "matplotlib"],
     },
     entry_points={
-        # Plots of runs recorded with record=RUN_DIR (needs the report extra).
-        "console_scripts": ["tmpi-report=tmpi_core.report:main"],
+        # Plots of runs recorded with record=RUN_DIR (needs the report
+        # extra); mpiexec with threads and a GPU per rank.
+        "console_scripts": ["tmpi-report=tmpi_core.report:main",
+                            "tmpi-run=tmpi_core.launch:main"],
     },
     license="BSD-3-Clause",
     classifiers=[

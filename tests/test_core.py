@@ -172,3 +172,16 @@ def test_package_exports_are_documented():
         obj = getattr(tmpi_core, name)
         if callable(obj):
             assert obj.__doc__, f"tmpi_core.{name} has no docstring"
+
+
+def test_importing_tmpi_starts_no_mpi():
+    # a launcher wrapper or the .pth hook may import tmpi before exec'ing
+    # the user's program: MPI must not be initialised by the import
+    import subprocess
+    import sys
+
+    code = ("import sys, tmpi_core, tmpi_core.exchangers, tmpi_core.launch; "
+            "print('mpi4py.MPI' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -29,12 +29,15 @@ from tmpi_core.rules import (BSP, EASGD, RULES, GoSGD, NonFiniteError, Rule,
                              make_rule)
 from tmpi_core.watchdog import exchange_timeout, set_exchange_timeout
 from tmpi_core.agreement import Decision, StopAgreement
+from tmpi_core.launch import LaunchError, launch
 from tmpi_core.state import ModelIO, TrainingState
 from tmpi_core.uneven import UnevenBatches
 
 from tmpi_core._version import __version__
 
 __all__ = [
+    "LaunchError",
+    "launch",
     "UnevenBatches",
     "TrainingState",
     "ModelIO",

@@ -1,7 +1,6 @@
 """``asa16``: a sum over ranks with half-precision (fp16) on the wire."""
 
 import numpy as np
-from mpi4py import MPI
 
 from tmpi_core.exchangers._half import HalfCasts
 from tmpi_core.exchangers.base import Exchanger
@@ -43,6 +42,9 @@ class HalfPrecisionExchanger(Exchanger):
 
     def __init__(self, comm, cast="auto"):
         super().__init__(comm)
+        from mpi4py import MPI       # not at import: that would start MPI
+
+        self._in_place = MPI.IN_PLACE
         self._n = None
         self._casts = HalfCasts(cast)
 
@@ -76,7 +78,7 @@ class HalfPrecisionExchanger(Exchanger):
         casts.to_half(data, self._send[:n])
         self.comm.Alltoallv(*self._a2a)
         casts.sum_chunks(self._chunks, self._acc, self._mine)
-        self.comm.Allgather(MPI.IN_PLACE, self._all)
+        self.comm.Allgather(self._in_place, self._all)
         casts.to_single(self._all[:n], data)
 
     @property
