@@ -39,15 +39,14 @@ def note_errors_per_rank(out_dir, rank):
 
 def mpiexec():
     """The ``mpiexec`` next to this interpreter (the venv's), else on PATH."""
-    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if os.path.exists(local):
-        return local
-    found = shutil.which("mpiexec")
-    if found is None:
+    from tmpi_core.launch import find_mpiexec
+
+    try:
+        return find_mpiexec()
+    except ValueError:
         raise RuntimeError(
             "no mpiexec found; the test command installs one (pip install "
-            "mpich) - run the tests with `make test`")
-    return found
+            "mpich) - run the tests with `make test`") from None
 
 
 def _command(script, n, args, env, mpiexec_args=()):

@@ -45,9 +45,10 @@ def test_core_gosgd_uneven_ends_without_a_hang(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["grads", "params"])
-def test_keras_bsp_uneven_equals_replay(tmp_path, mode):
-    pytest.importorskip("keras", reason="Keras is tested in .venv")
-    _check(run_mpi_json("uneven.py", 3, tmp_path, "--entry", "keras",
+@pytest.mark.parametrize("entry", ["keras", "torch"])
+def test_adapter_bsp_uneven_equals_replay(tmp_path, entry, mode):
+    pytest.importorskip(entry, reason=f"{entry} is tested in .venv")
+    _check(run_mpi_json("uneven.py", 3, tmp_path, "--entry", entry,
                         "--mode", mode, "--batches",
                         ",".join(map(str, COUNTS)), "--epochs", EPOCHS,
                         "--lr", LR, timeout=300,
@@ -71,11 +72,3 @@ def test_graph_bsp_uneven_equals_replay(tmp_path, mode):
                         ",".join(map(str, COUNTS)), "--epochs", EPOCHS,
                         "--lr", LR, timeout=300))
 
-
-@pytest.mark.parametrize("mode", ["grads", "params"])
-def test_torch_bsp_uneven_equals_replay(tmp_path, mode):
-    pytest.importorskip("torch", reason="torch is installed in .venv")
-    _check(run_mpi_json("uneven.py", 3, tmp_path, "--entry", "torch",
-                        "--mode", mode, "--batches",
-                        ",".join(map(str, COUNTS)), "--epochs", EPOCHS,
-                        "--lr", LR, timeout=300))

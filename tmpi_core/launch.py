@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 
-__all__ = ["LaunchError", "launch", "main"]
+__all__ = ["LaunchError", "find_mpiexec", "launch", "main"]
 
 #: Seconds ranks get to end after Ctrl-C before they are killed.
 INTERRUPT_GRACE_S = 10.0
@@ -83,7 +83,7 @@ def launch(target, *args, ranks=2, kwargs=None, env=None, mpiexec=None,
     if timeout is not None and not (isinstance(timeout, (int, float))
                                     and timeout > 0):
         raise ValueError(f"timeout={timeout!r} must be seconds > 0 or None")
-    launcher = mpiexec or _find_mpiexec()
+    launcher = mpiexec or find_mpiexec()
     workdir = tempfile.mkdtemp(prefix="tmpi-launch-")
     try:
         command = _rank_command(target, args, kwargs, workdir)
@@ -109,7 +109,13 @@ def launch(target, *args, ranks=2, kwargs=None, env=None, mpiexec=None,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _find_mpiexec():
+def find_mpiexec():
+    """The ``mpiexec`` next to this Python (a virtual environment's, from
+    the ``mpich`` wheel), else the one on ``PATH``.
+
+    Raises:
+        ValueError: when there is none.
+    """
     local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     if os.path.exists(local):
         return local
@@ -225,7 +231,7 @@ def main(argv=None):
         print("tmpi-run: no program to run; example: tmpi-run -n 4 python "
               "train.py", file=sys.stderr)
         return 2
-    launcher = _find_mpiexec()
+    launcher = find_mpiexec()
     cmd = [launcher, *argv[:program], sys.executable, "-m",
            "tmpi_core._rank_env", *argv[program:]]
     proc = subprocess.Popen(cmd)
