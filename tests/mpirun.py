@@ -6,7 +6,6 @@ assertion) instead of stalling CI.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
