@@ -265,9 +265,9 @@ def distributed_grads(lib, grads, rule="bsp", *, params=None, comm=None,
     rule.context.apply_thread_limit()
     if not rule.exchanges_gradients:
         raise ValueError(
-            f"distributed_grads() averages gradients; {rule!r} does not "
-            "(mode='params' and the other rules belong to "
-            "distributed(updates))")
+            f"distributed_grads() averages gradients; {rule.title} here "
+            "exchanges parameters (mode='params' belongs to "
+            "distributed(updates), as do EASGD and GoSGD)")
     if record is not None:
         if not isinstance(record, Recorder):
             raise ValueError(
