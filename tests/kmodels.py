@@ -27,16 +27,18 @@ def make_model(seed, *, batchnorm=False, features=6, classes=3):
     return keras.Sequential(layers)
 
 
-def make_optimizer(name, lr=None):
-    """``'sgd'``, ``'momentum'`` (SGD, 0.9) or ``'adam'``."""
+def make_optimizer(name, lr=None, accumulate=None):
+    """``'sgd'``, ``'momentum'`` (SGD, 0.9) or ``'adam'``; ``accumulate``:
+    Keras' ``gradient_accumulation_steps``."""
     import keras
 
+    extra = {"gradient_accumulation_steps": accumulate} if accumulate else {}
     if name == "sgd":
-        return keras.optimizers.SGD(lr or 0.1)
+        return keras.optimizers.SGD(lr or 0.1, **extra)
     if name == "momentum":
-        return keras.optimizers.SGD(lr or 0.05, momentum=0.9)
+        return keras.optimizers.SGD(lr or 0.05, momentum=0.9, **extra)
     if name == "adam":
-        return keras.optimizers.Adam(lr or 0.01)
+        return keras.optimizers.Adam(lr or 0.01, **extra)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

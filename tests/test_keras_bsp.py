@@ -11,11 +11,12 @@ from mpirun import run_mpi_json  # noqa: E402
 N, B, EPOCHS = 160, 8, 3          # 2 ranks x 10 steps x 3 epochs = 30 steps
 
 
-def reference(optimizer, *, ranks=2, fits=1):
+def reference(optimizer, *, ranks=2, fits=1, accumulate=None):
     """One process, batch ranks*B, same data order and initial weights."""
     x, y = make_data(N)
     xv, yv = make_data(N // 2, seed=1)
-    model = compile_model(make_model(100), make_optimizer(optimizer))
+    model = compile_model(make_model(100), make_optimizer(
+        optimizer, accumulate=accumulate))
     histories = []
     for _ in range(fits):
         h = model.fit(x, y, batch_size=ranks * B, epochs=EPOCHS, shuffle=False,
@@ -44,6 +45,19 @@ def test_bsp_two_ranks_equal_large_batch(tmp_path, mode, optimizer,
                          "--mode", mode, "--batch", B, "--n", N,
                          "--epochs", EPOCHS, "--strategy", strategy)
     check_large_batch(ranks, optimizer)
+
+
+def test_gradient_accumulation_exchanges_once_per_update(tmp_path):
+    # gradient_accumulation_steps=2: Keras updates every 2nd step; the
+    # ranks exchange only then (their accumulated totals)
+    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "adam",
+                         "--batch", B, "--n", N, "--epochs", EPOCHS,
+                         "--accumulate", 2)
+    want_w, _ = reference("adam", ranks=2, accumulate=2)
+    steps = EPOCHS * N // (2 * B)
+    for r in ranks:
+        assert_weights_close(r["weights"], want_w, 2e-4)
+        assert r["exchanges"] == steps // 2, r["exchanges"]
 
 
 def test_overlapped_buckets_equal_large_batch(tmp_path):

@@ -55,6 +55,21 @@ def test_device_path_through_torch_distributed_equals_mpi(tmp_path,
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
 
 
+def test_recorded_run(tmp_path):
+    from tmpi_core import read_run
+
+    run = tmp_path / "run"
+    results = _fit(tmp_path, "rec", 2, "--record", run)
+    _same_on_every_rank(results)
+    recorded = read_run(run)
+    assert len(recorded["ranks"]) == 2
+    for lines in recorded["ranks"]:
+        assert len(lines) == STEPS
+        assert all(line["comm"] + line["wait"] > 0 and line["calc"] >= 0
+                   and line["loss"] > 0 for line in lines), lines[:2]
+    assert recorded["summary"] is not None
+
+
 def test_gradient_accumulation_exchanges_once_per_step(tmp_path):
     results = _fit(tmp_path, "acc", 3, "--optimizer", "momentum",
                    "--accumulate", 3)

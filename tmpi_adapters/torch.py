@@ -248,7 +248,14 @@ class TorchSync:
         return self.state.serve(every_exchanges=100)
 
     def record(self, loss=None, **metrics):
-        """Record the step just taken (with ``record=``)."""
+        """Record the step just taken (with ``record=``): call it after each
+        ``optimizer.step()``. The step's calc is the time since the
+        previous call less the exchange; :meth:`finalize` writes the
+        summary (``tmpi-report RUN_DIR`` plots it).
+
+        Raises:
+            ValueError: without ``record=``.
+        """
         if self.rule.recorder is None:
             raise ValueError("pass record=RUN_DIR to distributed() first")
         self.rule.recorder.end_step(loss, **metrics)
@@ -309,8 +316,6 @@ class TorchSync:
 
     def _before_step(self, optimizer, args, kwargs):
         rule = self.rule
-        if self.rule.recorder is not None:
-            self.rule.recorder.begin_step()
         if rule.exchanges_gradients:
             if self.buckets is not None:
                 if not self.buckets.pending():

@@ -30,6 +30,8 @@ p.add_argument("--warmup-steps", type=int, default=0)
 p.add_argument("--strategy", default="ar")
 p.add_argument("--rule", default="bsp")
 p.add_argument("--options", default="{}", help="JSON options of --rule")
+p.add_argument("--accumulate", type=int, default=None,
+               help="the optimizer's gradient_accumulation_steps")
 p.add_argument("--overlap", action="store_true",
                help="TMPISync(overlap=True, bucket_mb=0.001): many buckets")
 args = p.parse_args()
@@ -42,7 +44,8 @@ xv, yv = tmpi_keras.shard((xv, yv))
 
 # Ranks start from different weights: TMPISync must broadcast rank 0's.
 model = compile_model(make_model(100 + rank, batchnorm=args.batchnorm),
-                      make_optimizer(args.optimizer))
+                      make_optimizer(args.optimizer,
+                                     accumulate=args.accumulate))
 lrs = []
 record_lr = keras.callbacks.LambdaCallback(
     on_train_batch_begin=lambda b, logs=None: lrs.append(
@@ -56,6 +59,9 @@ if args.rule == "bsp":
 else:
     sync = tmpi_keras.TMPISync(args.rule, **json.loads(args.options))
 initial = [np.asarray(w).tolist() for w in model.get_weights()]
+exchanges = []          # count the gradient exchanges (test instrumentation)
+_exchange = sync.rule.on_gradients
+sync.rule.on_gradients = lambda grads: (exchanges.append(1), _exchange(grads))[1]
 histories = []
 for _ in range(args.fits):
     h = model.fit(x, y, batch_size=args.batch, epochs=args.epochs,
@@ -76,5 +82,6 @@ with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         "evaluate": evaluation,
         "local_evaluate": local_eval,
         "threads": sync.ctx.threads,
+        "exchanges": len(exchanges),
         "torch_threads": __import__("torch").get_num_threads(),
     }, f)

@@ -30,6 +30,7 @@ p.add_argument("--accumulate", type=int, default=1)
 p.add_argument("--backend", default=None, help="gloo | nccl (default: MPI "
                "on the CPU, NCCL on CUDA)")
 p.add_argument("--progress", default="none", help="none | test")
+p.add_argument("--record", default=None, help="a run directory")
 p.add_argument("--device", default="cpu", help="cpu | local (the rank's GPU)")
 args = p.parse_args()
 
@@ -46,7 +47,7 @@ optimizer = OPTIMIZERS[args.optimizer](model.parameters())
 sync = tmpi_torch.distributed(model, optimizer, args.rule,
                               overlap=bool(args.overlap),
                               bucket_mb=args.bucket_mb, backend=args.backend,
-                              progress=args.progress,
+                              progress=args.progress, record=args.record,
                               **json.loads(args.options))
 loss_fn = torch.nn.CrossEntropyLoss()
 for step, micro in enumerate(batches(args.steps, args.batch, ctx.size,
@@ -59,6 +60,8 @@ for step, micro in enumerate(batches(args.steps, args.batch, ctx.size,
             loss = loss_fn(model(x), y) / args.accumulate
             loss.backward()
     optimizer.step()
+    if args.record:
+        sync.record(loss=float(loss), epoch=0)
 sync.finalize()
 with open(os.path.join(args.out, f"rank{ctx.rank}.json"), "w") as f:
     json.dump({"params": [p.detach().cpu().numpy().tolist()

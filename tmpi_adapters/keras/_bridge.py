@@ -64,6 +64,14 @@ def numpy_to_tensor(a, like):
     return keras.ops.cast(keras.ops.convert_to_tensor(a), like.dtype)
 
 
+def accumulators(optimizer):
+    """The optimizer's gradient accumulators (``gradient_accumulation_steps``),
+    in the order of its trainable variables (Keras keeps them by variable
+    index)."""
+    return [optimizer._accumulated_gradients[optimizer._get_variable_index(v)]
+            for v in optimizer._trainable_variables]
+
+
 def runs_eagerly(model):
     """True when the train step runs eagerly, so gradients are concrete
     tensors that can leave the graph for MPI."""

@@ -218,7 +218,18 @@ class TMPISync(keras.callbacks.Callback):
         if self._backup is not None:
             self._backup.set_model(model)
             self._backup.on_train_begin(logs)
-        if grads_rule and self.overlap:
+        accumulate = getattr(model.optimizer, "gradient_accumulation_steps",
+                             None)          # a Keras attribute, not ours
+        if grads_rule and accumulate and self.overlap:
+            raise ValueError(
+                "TMPISync(overlap=True) with the optimizer's "
+                f"gradient_accumulation_steps={accumulate}: each backward "
+                "pass would exchange; drop overlap (the exchange then runs "
+                "once per applied update)")
+        if grads_rule and accumulate:
+            self._remove_hook = _bridge.install_gradient_hook(
+                model.optimizer, self._exchange_accumulated)
+        elif grads_rule and self.overlap:
             self._start_buckets(model)
             self._remove_hook = _bridge.install_gradient_hook(
                 model.optimizer, self._finish_buckets)
@@ -344,6 +355,25 @@ class TMPISync(keras.callbacks.Callback):
         self.rule.close()
         if interrupted:
             raise state.interruption()
+
+    def _exchange_accumulated(self, grads):
+        # The optimizer's gradient_accumulation_steps: Keras adds each
+        # step's gradients to its accumulators and updates every N steps
+        # with (g + acc) / N. Exchange once per update: on that step the
+        # local total g + acc is averaged across ranks, and Keras is handed
+        # avg - acc, so that its (g' + acc) / N is the global average / N.
+        optimizer = self.model.optimizer
+        steps = optimizer.gradient_accumulation_steps
+        # Keras' own test of an update step; its public ``iterations``
+        # counts updates (// steps) when accumulating
+        if (int(np.asarray(optimizer._iterations.numpy())) + 1) % steps:
+            return grads                    # accumulate locally
+        accumulated = _bridge.read(_bridge.accumulators(optimizer))
+        totals = [g + a for g, a in zip(grads, accumulated)]
+        averaged = self.rule.on_gradients(totals)
+        if averaged is None:
+            return None
+        return [avg - a for avg, a in zip(averaged, accumulated)]
 
     def _start_buckets(self, model):
         # torch backend: a Keras variable's value is a torch Parameter, so
