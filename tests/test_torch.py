@@ -89,6 +89,9 @@ def test_other_rules_end_with_one_model(tmp_path, rule, options):
         np.testing.assert_allclose(r["params"][0], results[0]["params"][0],
                                    rtol=1e-6, atol=1e-7)
     assert all(r["step"] == STEPS for r in results)
+    if rule == "gosgd":          # the invariant: weights sum to 1
+        for r in results:
+            assert r["total_weight"] == pytest.approx(1.0, abs=1e-12)
 
 
 def _final(stdout):

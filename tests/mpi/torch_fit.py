@@ -69,4 +69,6 @@ with open(os.path.join(args.out, f"rank{ctx.rank}.json"), "w") as f:
                "buffers": [b.detach().cpu().numpy().tolist()
                            for b in model.buffers()],
                "device": str(device),
+               # GoSGD: sum of the ranks' weights when finalize met
+               "total_weight": getattr(sync.rule, "total_weight", None),
                "step": sync.rule.step}, f)
