@@ -67,3 +67,13 @@ def test_scaling_model_notebook(tmp_path):
     assert len(rows) == 24
     assert {row.split()[0] for row in rows} == {"toy", "wrn_10_1"}
     assert (tmp_path / "scaling_model.png").stat().st_size > 10_000
+
+
+def test_launch_wresnet_notebook(tmp_path):
+    nb = execute("launch_wresnet.ipynb", {"EPOCHS": 1, "RANKS": 2}, tmp_path)
+    launched = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "final: test_accuracy=" in launched, launched   # rank 0 streamed
+    text = "".join(o.get("text", "") for o in nb.cells[3].outputs)
+    assert "2 ranks, " in text, text
+    assert (tmp_path / "launch_wrn.png").stat().st_size > 10_000
+    assert any("image/png" in o.get("data", {}) for o in nb.cells[3].outputs)

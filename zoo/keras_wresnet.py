@@ -120,6 +120,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default=None,
                    help="write the trained model (rank 0) to this .keras file")
+    p.add_argument("--record", default=None, metavar="RUN_DIR",
+                   help="record every step's calc / comm / wait, loss and "
+                        "accuracy in RUN_DIR (plot: tmpi-report RUN_DIR)")
     p.add_argument("--history", default=None,
                    help="write the per-epoch global logs and the final "
                         "figures (rank 0) to this JSON file")
@@ -164,7 +167,7 @@ def main(argv=None):
         options = dict(mode=args.mode, every=args.every,
                        strategy=args.strategy, lr_scaling=args.lr_scaling,
                        warmup_steps=int(args.warmup_epochs * steps))
-    sync = tmpi_keras.TMPISync(args.rule, **options)
+    sync = tmpi_keras.TMPISync(args.rule, record=args.record, **options)
     if rank == 0:
         print(f"{model.name}: {model.count_params():,} parameters, {size} "
               f"rank(s) x batch {args.batch_size}, {len(x_tr)} samples per "
