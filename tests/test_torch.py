@@ -115,3 +115,40 @@ def test_zoo_resnet_trains_and_resumes_exactly(tmp_path):
     assert "resumed at epoch 2" in resumed.stdout, resumed.stdout
     # model, optimizer (momentum) and rule state came back exactly
     assert _final(resumed.stdout)["test_loss"] == final["test_loss"]
+
+
+def test_models_that_differ_fail_on_every_rank():
+    from mpirun import run_mpi
+
+    proc = run_mpi("torch_bad_input.py", 2, check=False, timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    for rank in (0, 1):
+        line = (f"case torch-model rank {rank}: ValueError: parameters "
+                "differ across ranks")
+        assert proc.stdout.count(line) == 1, proc.stdout
+
+
+def test_bad_arguments_are_named():
+    import tmpi_adapters.torch as tmpi_torch
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cases = [
+        (dict(model=object()), "model=object must be a torch.nn.Module"),
+        (dict(optimizer=None), "optimizer=NoneType must be a "),
+        (dict(overlap="yes"), "overlap='yes' must be True or False"),
+        (dict(bucket_mb=0), "bucket_mb=0 must be a number of MiB > 0"),
+        (dict(progress="poll"), "progress='poll' must be 'none' or 'test'"),
+        (dict(backend="mpi"), "backend='mpi' must be None"),
+        (dict(backend="nccl"), "backend='nccl' needs the model on a CUDA"),
+        (dict(rule="sgd"), "rule='sgd' is not a known rule"),
+    ]
+    for change, match in cases:
+        args = dict(model=model, optimizer=optimizer, rule="bsp")
+        args.update(change)
+        with pytest.raises(ValueError, match=match):
+            tmpi_torch.distributed(args.pop("model"), args.pop("optimizer"),
+                                   args.pop("rule"), **args)
+    other = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="are not in the optimizer"):
+        tmpi_torch.distributed(model, other)
