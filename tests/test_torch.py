@@ -136,7 +136,7 @@ def test_bad_arguments_are_named():
     cases = [
         (dict(model=object()), "model=object must be a torch.nn.Module"),
         (dict(optimizer=None), "optimizer=NoneType must be a "),
-        (dict(overlap="yes"), "overlap='yes' must be True or False"),
+        (dict(overlap="yes"), "overlap='yes' must be True, False or None"),
         (dict(bucket_mb=0), "bucket_mb=0 must be a number of MiB > 0"),
         (dict(progress="poll"), "progress='poll' must be 'none' or 'test'"),
         (dict(backend="mpi"), "backend='mpi' must be None"),
@@ -149,6 +149,10 @@ def test_bad_arguments_are_named():
         with pytest.raises(ValueError, match=match):
             tmpi_torch.distributed(args.pop("model"), args.pop("optimizer"),
                                    args.pop("rule"), **args)
+    # the default overlaps only across hosts: here one host, no buckets
+    sync = tmpi_torch.distributed(model, optimizer)
+    assert sync.overlap is False and sync.buckets is None
+    sync.close()
     other = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="are not in the optimizer"):
         tmpi_torch.distributed(model, other)

@@ -62,7 +62,7 @@ def local_device():
     return _local()
 
 
-def distributed(model, optimizer, rule="bsp", *, overlap=True,
+def distributed(model, optimizer, rule="bsp", *, overlap=None,
                 bucket_mb=BUCKET_MB, progress="none", backend=None,
                 checkpoint=None, checkpoint_keep=2, comm=None, record=None,
                 **options):
@@ -79,9 +79,12 @@ def distributed(model, optimizer, rule="bsp", *, overlap=True,
         rule: ``'bsp'`` (default), ``'easgd'``, ``'gosgd'`` or a
             :class:`tmpi_core.Rule`.
         overlap: BSP on gradients: exchange bucket by bucket during the
-            backward pass (default), or the whole fused buffer at
+            backward pass (``True``), or the whole fused buffer at
             ``optimizer.step()`` (``False``; needed for ``nonfinite`` and
-            the ``asa16``/``shm`` strategies).
+            the ``asa16``/``shm``/``hier`` strategies). Default ``None``:
+            overlap when the ranks span several hosts, not when they share
+            one (there the exchange is cheap and the hooks cost more than
+            they hide: ``benchmarks/RESULTS.md``).
         bucket_mb: bucket size in MiB for ``overlap``.
         progress: ``'none'`` (default): MPI moves the started buckets
             inside its own calls (starting the next bucket, the final
@@ -131,7 +134,7 @@ class TorchSync:
             gradients are exchanged overlapped, else None.
     """
 
-    def __init__(self, model, optimizer, rule="bsp", *, overlap=True,
+    def __init__(self, model, optimizer, rule="bsp", *, overlap=None,
                  bucket_mb=BUCKET_MB, progress="none", backend=None,
                  checkpoint=None, checkpoint_keep=2, comm=None, record=None,
                  **options):
@@ -141,8 +144,9 @@ class TorchSync:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer={type(optimizer).__name__} must be "
                              "a torch.optim.Optimizer")
-        if not isinstance(overlap, bool):
-            raise ValueError(f"overlap={overlap!r} must be True or False")
+        if overlap is not None and not isinstance(overlap, bool):
+            raise ValueError(f"overlap={overlap!r} must be True, False or "
+                             "None (across hosts only)")
         if progress not in ("none", "test"):
             raise ValueError(f"progress={progress!r} must be 'none' or "
                              "'test'")
@@ -198,6 +202,13 @@ class TorchSync:
         self._zero_grads = {}
         self.buckets = None
         self._hooks = []
+        if overlap is None:
+            from tmpi_core.exchangers.shm import on_one_host
+
+            overlap = self.rule.exchanges_gradients and not on_one_host(
+                ctx.comm)
+        #: whether gradients are exchanged during the backward pass
+        self.overlap = overlap
         shapes = [tuple(p.shape) for p in self._params]
         bucket_bytes = int(bucket_mb * (1 << 20))
         if self.rule.exchanges_gradients and backend is not None:

@@ -10,7 +10,8 @@ Launch (2 ranks, bundled digits, well under a minute)::
 A pre-activation ResNet (He et al. 2016) of three stages of ``--blocks``
 basic blocks, widths ``w, 2w, 4w``. Each rank trains on its equal shard
 (:func:`tmpi_adapters.torch.shard_loader`); gradients are averaged bucket
-by bucket while backward runs (``--no-overlap``: at the step). Rank 0
+by bucket while backward runs when the ranks span hosts (``--overlap
+on|off`` to choose). Rank 0
 prints the global loss and accuracy per epoch and a final line with test
 accuracy and samples/s. ``--checkpoint DIR`` resumes from and writes to
 ``DIR`` every epoch.
@@ -84,8 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--rule", default="bsp", help="tmpi rule (default bsp)")
-    p.add_argument("--no-overlap", action="store_true",
-                   help="exchange the whole gradient buffer at the step")
+    p.add_argument("--overlap", choices=["auto", "on", "off"],
+                   default="auto",
+                   help="bsp: exchange buckets during backward (auto: when "
+                        "the ranks span several hosts)")
     p.add_argument("--bucket-mb", type=float, default=tmpi_torch.BUCKET_MB)
     p.add_argument("--data", choices=["digits", "cifar10", "mnist"],
                    default="digits")
@@ -97,8 +100,8 @@ def parse_args(argv=None):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must "
                     "be >= 1")
-    if args.rule != "bsp" and args.no_overlap:
-        p.error("--no-overlap is an option of the bsp rule")
+    if args.rule != "bsp" and args.overlap != "auto":
+        p.error("--overlap is an option of the bsp rule")
     return args
 
 
@@ -134,7 +137,8 @@ def main(argv=None):
                    blocks=args.blocks)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
                                 nesterov=True, weight_decay=5e-4)
-    options = {"overlap": not args.no_overlap, "bucket_mb": args.bucket_mb} \
+    options = {"overlap": {"auto": None, "on": True, "off": False}[
+        args.overlap], "bucket_mb": args.bucket_mb} \
         if args.rule == "bsp" else {}
     sync = tmpi_torch.distributed(model, optimizer, args.rule,
                                   checkpoint=args.checkpoint, **options)
