@@ -106,11 +106,13 @@ configs["tmpi"] = (model, opt)
 for mb in [float(v) for v in args.bucket_mb.split(",")]:
     model, opt = fresh()
     name = f"overlap {mb:g}MB"
-    syncs[name] = tmpi_torch.distributed(model, opt, "bsp", bucket_mb=mb)
+    syncs[name] = tmpi_torch.distributed(model, opt, "bsp", overlap=True,
+                                         bucket_mb=mb)
     configs[name] = (model, opt)
     model, opt = fresh()
     name = f"overlap {mb:g}MB, hooks test"
-    syncs[name] = tmpi_torch.distributed(model, opt, "bsp", bucket_mb=mb,
+    syncs[name] = tmpi_torch.distributed(model, opt, "bsp", overlap=True,
+                                         bucket_mb=mb,
                                          progress="test")
     configs[name] = (model, opt)
 
