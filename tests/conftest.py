@@ -38,8 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Names whose use means a test starts other processes.
-LAUNCHERS = frozenset(("run_mpi", "run_mpi_json", "run_mpi_interrupted",
-                       "run_on_hosts", "subprocess", "nbclient"))
+LAUNCHERS = frozenset(("run_mpi", "run_mpi_json", "run_mpi_configs",
+                       "run_mpi_interrupted", "run_on_hosts", "subprocess",
+                       "nbclient"))
 _THEANO_WORDS = ("theano", "lasagne")
 _TESTS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _HAVE_THEANO = importlib.util.find_spec("theano") is not None

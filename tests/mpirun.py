@@ -16,7 +16,8 @@ ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "mpi")
 
 __all__ = ["mpiexec", "note_errors_per_rank", "read_rank_json", "run_mpi",
-           "run_mpi_interrupted", "run_mpi_json", "ROOT", "SCRIPTS"]
+           "run_mpi_configs", "run_mpi_interrupted", "run_mpi_json", "ROOT",
+           "SCRIPTS"]
 
 
 def note_errors_per_rank(out_dir, rank):
@@ -149,6 +150,33 @@ def run_mpi_json(script, n, tmp_path, *args, **kwargs):
     out.mkdir(parents=True, exist_ok=True)
     run_mpi(script, n, "--out", out, *args, **kwargs)
     return read_rank_json(out, n)
+
+
+def run_mpi_configs(script, n, out, configs, **kwargs):
+    """Run a script once for several configurations: one launch, so the
+    ranks pay their start-up (imports, MPI) once instead of per test.
+
+    The script takes ``--out DIR --configs JSON`` (``{name: [options...]}``),
+    runs the configurations in turn and writes ``DIR/name/rank{r}.json``
+    for each. Tests share the result through a module-scoped fixture and
+    each checks its own configuration.
+
+    Args:
+        script, n: as for :func:`run_mpi`.
+        out: a directory (``pathlib.Path``) for the results.
+        configs: dict of configuration name to its command-line options.
+        **kwargs: as for :func:`run_mpi`; the ``timeout`` covers the whole
+            run.
+
+    Returns:
+        dict of configuration name to the ranks' results, in rank order.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    configs = {name: [str(v) for v in options]
+               for name, options in configs.items()}
+    run_mpi(script, n, "--out", out, "--configs", json.dumps(configs),
+            **kwargs)
+    return {name: read_rank_json(out / name, n) for name in configs}
 
 
 def read_rank_json(out, n):

@@ -1,4 +1,12 @@
-"""BSP through TMPISync on real ranks equals single-process large-batch SGD."""
+"""BSP through TMPISync on real ranks equals single-process large-batch SGD.
+
+Two launches serve the module: one 2-rank job trains every 2-rank
+configuration of :data:`TWO_RANKS` in turn, one 3-rank job
+:data:`THREE_RANKS`; each test checks its configuration's results.
+"""
+
+import functools
+import os
 
 import numpy as np
 import pytest
@@ -6,13 +14,65 @@ import pytest
 keras = pytest.importorskip("keras", reason="the Keras adapter needs keras")
 
 from kmodels import compile_model, make_data, make_model, make_optimizer  # noqa: E402
-from mpirun import run_mpi_json  # noqa: E402
+from mpirun import run_mpi_configs  # noqa: E402
 
 N, B, EPOCHS = 160, 8, 3          # 2 ranks x 10 steps x 3 epochs = 30 steps
+LARGE_BATCH = ("--batch", B, "--n", N, "--epochs", EPOCHS)
+
+# (mode, optimizer, strategy) checked against the large-batch reference
+EQUAL_LARGE_BATCH = [
+    ("grads", "momentum", "ar"),
+    ("grads", "adam", "ar"),
+    ("params", "sgd", "ar"),
+    ("params", "momentum", "ar"),
+    ("grads", "adam", "shm"),          # reduced in MPI shared memory
+    ("params", "momentum", "shm"),
+]
+
+#: keras_fit.py's options per configuration of the 2-rank job
+TWO_RANKS = {
+    **{"-".join(c): ("--mode", c[0], "--optimizer", c[1], "--strategy", c[2],
+                     *LARGE_BATCH) for c in EQUAL_LARGE_BATCH},
+    "accumulate": ("--optimizer", "adam", "--accumulate", 2, *LARGE_BATCH),
+    "overlap": ("--optimizer", "adam", "--overlap", *LARGE_BATCH),
+    "fits": ("--optimizer", "adam", "--fits", 2, *LARGE_BATCH),
+    "every": ("--mode", "params", "--every", 4, "--optimizer", "sgd",
+              "--epochs", 2),
+    "lr-scaling": ("--optimizer", "sgd", "--lr-scaling", "linear",
+                   "--warmup-steps", 5, "--epochs", 1),
+    "fp16": ("--optimizer", "momentum", "--strategy", "asa16",
+             *LARGE_BATCH),
+}
+#: the 3-rank job's; it runs with no thread count set (the torch thread
+#: test's part)
+THREE_RANKS = {
+    "uneven-batchnorm": ("--n", 161, "--batchnorm", "--epochs", 2),
+}
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every 2-rank configuration's results, from one launch."""
+    return run_mpi_configs("keras_fit.py", 2, tmp_path_factory.mktemp("two"),
+                           TWO_RANKS, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory):
+    """The 3-rank configurations' results, from one launch with neither
+    ``OMP_NUM_THREADS`` nor ``TMPI_NUM_THREADS`` set."""
+    return run_mpi_configs("keras_fit.py", 3,
+                           tmp_path_factory.mktemp("three"), THREE_RANKS,
+                           timeout=300, env={"OMP_NUM_THREADS": None,
+                                             "TMPI_NUM_THREADS": None})
+
+
+@functools.lru_cache(maxsize=None)
 def reference(optimizer, *, ranks=2, fits=1, accumulate=None):
-    """One process, batch ranks*B, same data order and initial weights."""
+    """One process, batch ranks*B, same data order and initial weights.
+
+    Cached: several tests compare with the same run (do not modify it).
+    """
     x, y = make_data(N)
     xv, yv = make_data(N // 2, seed=1)
     model = compile_model(make_model(100), make_optimizer(
@@ -31,28 +91,16 @@ def assert_weights_close(got, want, tol):
         np.testing.assert_allclose(np.asarray(g), w, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("mode,optimizer,strategy", [
-    ("grads", "momentum", "ar"),
-    ("grads", "adam", "ar"),
-    ("params", "sgd", "ar"),
-    ("params", "momentum", "ar"),
-    ("grads", "adam", "shm"),          # reduced in MPI shared memory
-    ("params", "momentum", "shm"),
-])
-def test_bsp_two_ranks_equal_large_batch(tmp_path, mode, optimizer,
+@pytest.mark.parametrize("mode,optimizer,strategy", EQUAL_LARGE_BATCH)
+def test_bsp_two_ranks_equal_large_batch(two_ranks, mode, optimizer,
                                          strategy):
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", optimizer,
-                         "--mode", mode, "--batch", B, "--n", N,
-                         "--epochs", EPOCHS, "--strategy", strategy)
-    check_large_batch(ranks, optimizer)
+    check_large_batch(two_ranks[f"{mode}-{optimizer}-{strategy}"], optimizer)
 
 
-def test_gradient_accumulation_exchanges_once_per_update(tmp_path):
+def test_gradient_accumulation_exchanges_once_per_update(two_ranks):
     # gradient_accumulation_steps=2: Keras updates every 2nd step; the
     # ranks exchange only then (their accumulated totals)
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "adam",
-                         "--batch", B, "--n", N, "--epochs", EPOCHS,
-                         "--accumulate", 2)
+    ranks = two_ranks["accumulate"]
     want_w, _ = reference("adam", ranks=2, accumulate=2)
     steps = EPOCHS * N // (2 * B)
     for r in ranks:
@@ -60,13 +108,10 @@ def test_gradient_accumulation_exchanges_once_per_update(tmp_path):
         assert r["exchanges"] == steps // 2, r["exchanges"]
 
 
-def test_overlapped_buckets_equal_large_batch(tmp_path):
+def test_overlapped_buckets_equal_large_batch(two_ranks):
     # torch backend: gradients exchanged bucket by bucket during backward
     # (many small buckets here)
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "adam",
-                         "--batch", B, "--n", N, "--epochs", EPOCHS,
-                         "--overlap")
-    check_large_batch(ranks, "adam")
+    check_large_batch(two_ranks["overlap"], "adam")
 
 
 def check_large_batch(ranks, optimizer):
@@ -85,10 +130,8 @@ def check_large_batch(ranks, optimizer):
                                        rtol=2e-4, atol=2e-4, err_msg=key)
 
 
-def test_repeated_fit_and_evaluate_are_global(tmp_path):
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "adam",
-                         "--fits", 2, "--batch", B, "--n", N,
-                         "--epochs", EPOCHS)
+def test_repeated_fit_and_evaluate_are_global(two_ranks):
+    ranks = two_ranks["fits"]
     want_w, want_h = reference("adam", fits=2)
     for r in ranks:
         assert_weights_close(r["weights"], want_w, 5e-4)
@@ -101,20 +144,18 @@ def test_repeated_fit_and_evaluate_are_global(tmp_path):
         assert r["evaluate"]["loss"] == pytest.approx(np.mean(local), rel=1e-6)
 
 
-def test_three_ranks_uneven_data_and_batchnorm(tmp_path):
+def test_three_ranks_uneven_data_and_batchnorm(three_ranks):
     # 161 samples over 3 ranks: each gets 53, none waits. Batch-norm moving
     # statistics differ per rank during training and are averaged at the end.
-    ranks = run_mpi_json("keras_fit.py", 3, tmp_path, "--n", 161,
-                         "--batchnorm", "--epochs", 2)
+    ranks = three_ranks["uneven-batchnorm"]
     for r in ranks[1:]:
         for a, b in zip(ranks[0]["weights"], r["weights"]):
             np.testing.assert_array_equal(a, b)
         assert r["histories"] == ranks[0]["histories"]
 
 
-def test_periodic_averaging_every_k(tmp_path):
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--mode", "params",
-                         "--every", 4, "--optimizer", "sgd", "--epochs", 2)
+def test_periodic_averaging_every_k(two_ranks):
+    ranks = two_ranks["every"]
     for a, b in zip(ranks[0]["weights"], ranks[1]["weights"]):
         np.testing.assert_array_equal(a, b)
     # Local SGD is not large-batch SGD: it must differ from the reference
@@ -124,31 +165,24 @@ def test_periodic_averaging_every_k(tmp_path):
                for g, w in zip(ranks[0]["weights"], want_w)) > 1e-4
 
 
-def test_linear_lr_scaling_with_warmup(tmp_path):
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer", "sgd",
-                         "--lr-scaling", "linear", "--warmup-steps", 5,
-                         "--epochs", 1)
+def test_linear_lr_scaling_with_warmup(two_ranks):
+    ranks = two_ranks["lr-scaling"]
     base = 0.1
     want = [base * (1 + (2 - 1) * min(1.0, s / 5)) for s in range(10)]
     for r in ranks:
         np.testing.assert_allclose(r["lrs"], want, rtol=1e-6)
 
 
-def test_torch_threads_split_the_host(tmp_path):
-    import os
-
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--epochs", 1,
-                         env={"OMP_NUM_THREADS": None,
-                              "TMPI_NUM_THREADS": None})
-    want = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert [r["threads"] for r in ranks] == [want, want]
-    assert [r["torch_threads"] for r in ranks] == [want, want]
+def test_torch_threads_split_the_host(three_ranks):
+    # the 3-rank job runs with no thread count set
+    ranks = three_ranks["uneven-batchnorm"]
+    want = max(1, len(os.sched_getaffinity(0)) // 3)
+    assert [r["threads"] for r in ranks] == [want] * 3
+    assert [r["torch_threads"] for r in ranks] == [want] * 3
 
 
-def test_fp16_exchange_stays_close_to_large_batch(tmp_path):
-    ranks = run_mpi_json("keras_fit.py", 2, tmp_path, "--optimizer",
-                         "momentum", "--strategy", "asa16", "--batch", B,
-                         "--n", N, "--epochs", EPOCHS)
+def test_fp16_exchange_stays_close_to_large_batch(two_ranks):
+    ranks = two_ranks["fp16"]
     want_w, _ = reference("momentum")
     for a, b in zip(ranks[0]["weights"], ranks[1]["weights"]):
         np.testing.assert_array_equal(a, b)

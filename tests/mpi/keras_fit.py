@@ -2,7 +2,9 @@
 
 Run by tests/test_keras_bsp.py as ``mpiexec -n P python keras_fit.py --out DIR
 [options]``; each rank writes ``DIR/rank{r}.json`` with its final weights,
-its history and the learning rate it used at every step.
+its history and the learning rate it used at every step. With ``--configs``
+one job trains several configurations in turn (tests/mpirun.py's
+``run_mpi_configs``), each from a fresh model, optimizer and callback.
 """
 
 import argparse
@@ -34,54 +36,78 @@ p.add_argument("--accumulate", type=int, default=None,
                help="the optimizer's gradient_accumulation_steps")
 p.add_argument("--overlap", action="store_true",
                help="TMPISync(overlap=True, bucket_mb=0.001): many buckets")
-args = p.parse_args()
+p.add_argument("--configs", default=None, metavar="JSON",
+               help='{"NAME": [options...], ...}: train each configuration '
+                    "in turn in this one job (a fresh model, optimizer and "
+                    "TMPISync each); rank r writes DIR/NAME/rank{r}.json. "
+                    "The other options are then ignored.")
 
-rank, size = tmpi_keras.rank(), tmpi_keras.size()
-x, y = make_data(args.n)
-xv, yv = make_data(args.n // 2, seed=1)
-x, y = tmpi_keras.shard((x, y))
-xv, yv = tmpi_keras.shard((xv, yv))
 
-# Ranks start from different weights: TMPISync must broadcast rank 0's.
-model = compile_model(make_model(100 + rank, batchnorm=args.batchnorm),
-                      make_optimizer(args.optimizer,
-                                     accumulate=args.accumulate))
-lrs = []
-record_lr = keras.callbacks.LambdaCallback(
-    on_train_batch_begin=lambda b, logs=None: lrs.append(
-        float(model.optimizer.learning_rate.numpy())))
-if args.rule == "bsp":
-    sync = tmpi_keras.TMPISync("bsp", mode=args.mode, every=args.every,
-                               lr_scaling=args.lr_scaling,
-                               warmup_steps=args.warmup_steps,
-                               strategy=args.strategy, overlap=args.overlap,
-                               bucket_mb=0.001)
-else:
-    sync = tmpi_keras.TMPISync(args.rule, **json.loads(args.options))
-initial = [np.asarray(w).tolist() for w in model.get_weights()]
-exchanges = []          # count the gradient exchanges (test instrumentation)
-_exchange = sync.rule.on_gradients
-sync.rule.on_gradients = lambda grads: (exchanges.append(1), _exchange(grads))[1]
-histories = []
-for _ in range(args.fits):
-    h = model.fit(x, y, batch_size=args.batch, epochs=args.epochs,
-                  shuffle=False, validation_data=(xv, yv),
-                  callbacks=[sync, record_lr], verbose=0)
-    histories.append(h.history)
-evaluation = model.evaluate(xv, yv, batch_size=args.batch, callbacks=[sync],
-                            verbose=0, return_dict=True)
-local_eval = model.evaluate(xv, yv, batch_size=args.batch, verbose=0,
-                            return_dict=True)
-with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-    json.dump({
-        "weights": [np.asarray(w).tolist() for w in model.get_weights()],
-        "initial": initial,
-        "role": sync.rule.role,
-        "histories": histories,
-        "lrs": lrs,
-        "evaluate": evaluation,
-        "local_evaluate": local_eval,
-        "threads": sync.ctx.threads,
-        "exchanges": len(exchanges),
-        "torch_threads": __import__("torch").get_num_threads(),
-    }, f)
+def train(args):
+    """One configuration: train, evaluate, write DIR/rank{r}.json."""
+    rank = tmpi_keras.rank()
+    x, y = make_data(args.n)
+    xv, yv = make_data(args.n // 2, seed=1)
+    x, y = tmpi_keras.shard((x, y))
+    xv, yv = tmpi_keras.shard((xv, yv))
+
+    # Ranks start from different weights: TMPISync must broadcast rank 0's.
+    model = compile_model(make_model(100 + rank, batchnorm=args.batchnorm),
+                          make_optimizer(args.optimizer,
+                                         accumulate=args.accumulate))
+    lrs = []
+    record_lr = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda b, logs=None: lrs.append(
+            float(model.optimizer.learning_rate.numpy())))
+    if args.rule == "bsp":
+        sync = tmpi_keras.TMPISync("bsp", mode=args.mode, every=args.every,
+                                   lr_scaling=args.lr_scaling,
+                                   warmup_steps=args.warmup_steps,
+                                   strategy=args.strategy,
+                                   overlap=args.overlap, bucket_mb=0.001)
+    else:
+        sync = tmpi_keras.TMPISync(args.rule, **json.loads(args.options))
+    initial = [np.asarray(w).tolist() for w in model.get_weights()]
+    exchanges = []      # count the gradient exchanges (test instrumentation)
+    _exchange = sync.rule.on_gradients
+    sync.rule.on_gradients = lambda grads: (exchanges.append(1),
+                                            _exchange(grads))[1]
+    histories = []
+    for _ in range(args.fits):
+        h = model.fit(x, y, batch_size=args.batch, epochs=args.epochs,
+                      shuffle=False, validation_data=(xv, yv),
+                      callbacks=[sync, record_lr], verbose=0)
+        histories.append(h.history)
+    evaluation = model.evaluate(xv, yv, batch_size=args.batch,
+                                callbacks=[sync], verbose=0, return_dict=True)
+    local_eval = model.evaluate(xv, yv, batch_size=args.batch, verbose=0,
+                                return_dict=True)
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+        json.dump({
+            "weights": [np.asarray(w).tolist() for w in model.get_weights()],
+            "initial": initial,
+            "role": sync.rule.role,
+            "histories": histories,
+            "lrs": lrs,
+            "evaluate": evaluation,
+            "local_evaluate": local_eval,
+            "threads": sync.ctx.threads,
+            "exchanges": len(exchanges),
+            "torch_threads": __import__("torch").get_num_threads(),
+        }, f)
+
+
+def main():
+    args = p.parse_args()
+    if args.configs is None:
+        train(args)
+        return
+    for name, options in json.loads(args.configs).items():
+        out = os.path.join(args.out, name)
+        os.makedirs(out, exist_ok=True)
+        if tmpi_keras.rank() == 0:       # names the failing one in the log
+            print(f"configuration {name}: {' '.join(options)}", flush=True)
+        train(p.parse_args(["--out", out, *map(str, options)]))
+
+
+main()
