@@ -1,4 +1,8 @@
-"""The asynchronous rules (EASGD, GoSGD) through TMPISync on real ranks."""
+"""The asynchronous rules (EASGD, GoSGD) through TMPISync on real ranks.
+
+One job per rank count trains every configuration of :data:`CONFIGS` for
+it in turn; each test checks its configuration's results.
+"""
 
 import json
 
@@ -7,18 +11,40 @@ import pytest
 
 pytest.importorskip("keras", reason="the Keras adapter needs keras")
 
-from mpirun import run_mpi_json  # noqa: E402
+from mpirun import run_mpi_configs  # noqa: E402
+
+_EASGD = ("--rule", "easgd", "--options", json.dumps({"tau": 2}),
+          "--epochs", 2, "--fits", 2)
+_SYNC_EASGD = ("--rule", "easgd", "--options",
+               json.dumps({"tau": 2, "synchronous": True}), "--epochs", 2)
+_GOSGD = ("--rule", "gosgd", "--options", json.dumps({"p": 0.5, "seed": 3}),
+          "--epochs", 2, "--fits", 2)
+
+#: keras_fit.py's options per rank count and configuration
+CONFIGS = {
+    2: {"easgd": _EASGD, "sync-easgd": _SYNC_EASGD, "gosgd": _GOSGD},
+    3: {"easgd": _EASGD, "gosgd": _GOSGD},
+}
+
+
+@pytest.fixture(scope="module")
+def job(request, tmp_path_factory):
+    """The results of one job on ``request.param`` ranks that trained every
+    configuration of ``CONFIGS[ranks]``, by configuration name."""
+    ranks = request.param
+    return run_mpi_configs("keras_fit.py", ranks,
+                           tmp_path_factory.mktemp(f"ranks{ranks}"),
+                           CONFIGS[ranks], timeout=480)
 
 
 def _flat(weights):
     return np.concatenate([np.ravel(w) for w in weights])
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_asynchronous_easgd_ends_on_the_center(tmp_path, ranks):
-    results = run_mpi_json("keras_fit.py", ranks, tmp_path, "--rule", "easgd",
-                           "--options", json.dumps({"tau": 2}),
-                           "--epochs", 2, "--fits", 2, timeout=240)
+@pytest.mark.parametrize("job", [2, 3], indirect=True)
+def test_asynchronous_easgd_ends_on_the_center(job):
+    results = job["easgd"]
+    ranks = len(results)
     assert [r["role"] for r in results] == ["server"] + ["worker"] * (ranks - 1)
     final = [_flat(r["weights"]) for r in results]
     for f in final[1:]:
@@ -30,11 +56,9 @@ def test_asynchronous_easgd_ends_on_the_center(tmp_path, ranks):
     assert all(len(h["loss"]) == 2 for r in results[1:] for h in r["histories"])
 
 
-def test_synchronous_easgd_trains_every_rank_with_global_logs(tmp_path):
-    results = run_mpi_json("keras_fit.py", 2, tmp_path, "--rule", "easgd",
-                           "--options", json.dumps({"tau": 2,
-                                                    "synchronous": True}),
-                           "--epochs", 2)
+@pytest.mark.parametrize("job", [2], indirect=True)
+def test_synchronous_easgd_trains_every_rank_with_global_logs(job):
+    results = job["sync-easgd"]
     assert [r["role"] for r in results] == ["peer", "peer"]
     np.testing.assert_array_equal(_flat(results[0]["weights"]),
                                   _flat(results[1]["weights"]))
@@ -43,11 +67,9 @@ def test_synchronous_easgd_trains_every_rank_with_global_logs(tmp_path):
         results[0]["histories"][0]["loss"][0]
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_gosgd_ends_on_the_consensus(tmp_path, ranks):
-    results = run_mpi_json("keras_fit.py", ranks, tmp_path, "--rule", "gosgd",
-                           "--options", json.dumps({"p": 0.5, "seed": 3}),
-                           "--epochs", 2, "--fits", 2, timeout=240)
+@pytest.mark.parametrize("job", [2, 3], indirect=True)
+def test_gosgd_ends_on_the_consensus(job):
+    results = job["gosgd"]
     final = [_flat(r["weights"]) for r in results]
     for f in final[1:]:
         np.testing.assert_array_equal(f, final[0])
