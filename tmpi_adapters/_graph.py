@@ -84,7 +84,17 @@ def _exchange_op_class(lib):
             inputs = [lib.as_tensor(i) for i in inputs]
             return lib.Apply(self, inputs, [i.type() for i in inputs])
 
+        def __reduce__(self):
+            # A pickled graph (Blocks pickles its main loop with the
+            # compiled function in it) keeps the Op, not the rule it runs.
+            return _detached_exchange, (lib.name, self.label)
+
         def perform(self, node, inputs, output_storage, params=None):
+            if self.exchange is None:
+                raise RuntimeError(
+                    f"{self} was unpickled without its tmpi rule, so it "
+                    "cannot exchange; build the training function anew "
+                    "with tmpi (resume from a tmpi checkpoint)")
             outs = self.exchange(list(inputs))
             for store, out, inp in zip(output_storage, outs, inputs):
                 store[0] = np.array(out, dtype=inp.dtype)
@@ -104,6 +114,11 @@ def _exchange_op_class(lib):
     setattr(TMPIExchange, name, TMPIExchange._not_differentiable)
     TMPIExchange.__name__ = TMPIExchange.__qualname__ = "TMPIExchange"
     return TMPIExchange
+
+
+def _detached_exchange(lib_name, label):
+    """An unpickled exchange Op: its graph loads, calling it raises."""
+    return graph_lib(lib_name).ExchangeOp(None, label)
 
 
 class DistributedUpdates(collections.OrderedDict):
