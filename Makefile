@@ -29,6 +29,29 @@ $(TVENV)/.installed: setup.py
 	$(PYTHON) -m venv $(TVENV)
 	$(TBIN)/pip install --quiet --upgrade pip "setuptools>=77.0.3,<81"
 	$(TBIN)/pip install --quiet -e ".[theano,mpich,theano-dev]"
+	# Blocks (on no registry) from ../shared/third_party, its dependencies
+	# and Fuel 0.2.0 from PyPI; skipped where the tarball is absent (the
+	# Blocks tests then skip). Fuel's optional C extension does not compile
+	# on Python 3.11: CC=true LDSHARED=true build it as nothing, and Fuel
+	# runs without it. tables==3.8.0 spares pip a long backtrack under
+	# numpy<1.24. Blocks' package goes on the path through a .pth file (its
+	# setup.py names a script the tarball lacks).
+	@set -e; tarball=$$(ls ../shared/third_party/blocks-*.tar.gz 2>/dev/null | head -n 1); \
+	if [ -z "$$tarball" ]; then \
+		echo "no ../shared/third_party/blocks-*.tar.gz: Blocks not installed, its tests skip"; \
+	else \
+		$(TBIN)/pip install --quiet "numpy<1.24" six pyyaml toolz \
+			picklable-itertools progressbar2 h5py pyzmq pillow requests \
+			"tables==3.8.0"; \
+		CC=true LDSHARED=true $(TBIN)/pip install --quiet --no-deps \
+			--no-build-isolation "fuel==0.2.0"; \
+		rm -rf $(TVENV)/src/blocks; mkdir -p $(TVENV)/src/blocks; \
+		tar xzf "$$tarball" -C $(TVENV)/src/blocks --strip-components=1 \
+			blocks/blocks blocks/LICENSE; \
+		echo "$(abspath $(TVENV))/src/blocks" > "$$($(TBIN)/python -c \
+			'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tmpi-third-party-blocks.pth"; \
+		$(TBIN)/python -c "import blocks, fuel"; \
+	fi
 	touch $@
 
 demo: venv
