@@ -15,9 +15,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "mpi")
 
-__all__ = ["mpiexec", "note_errors_per_rank", "read_rank_json", "run_mpi",
-           "run_mpi_configs", "run_mpi_interrupted", "run_mpi_json", "ROOT",
-           "SCRIPTS"]
+__all__ = ["mpiexec", "note_errors_per_rank", "once_per_key", "read_rank_json",
+           "run_mpi", "run_mpi_configs", "run_mpi_interrupted", "run_mpi_json",
+           "ROOT", "SCRIPTS"]
 
 
 def note_errors_per_rank(out_dir, rank):
@@ -177,6 +177,32 @@ def run_mpi_configs(script, n, out, configs, **kwargs):
     run_mpi(script, n, "--out", out, "--configs", json.dumps(configs),
             **kwargs)
     return {name: read_rank_json(out / name, n) for name in configs}
+
+
+def once_per_key(launch):
+    """``get(*key)``: ``launch(*key)``, run once per distinct key (for a
+    module-scoped fixture whose tests share launches, as with
+    :func:`run_mpi_configs`).
+
+    A launch that failed fails every later test that asks for it with the
+    same message, without launching again.
+    """
+    results, failures = {}, {}
+
+    def get(*key):
+        if key in failures:
+            raise AssertionError(
+                f"shared launch {key!r} failed (for an earlier test):\n"
+                f"{failures[key]}")
+        if key not in results:
+            try:
+                results[key] = launch(*key)
+            except AssertionError as e:
+                failures[key] = str(e)
+                raise
+        return results[key]
+
+    return get
 
 
 def read_rank_json(out, n):

@@ -1,6 +1,13 @@
 """Theano/Lasagne and PyTensor: ``distributed_grads`` and ``distributed``
-on real ranks equal one process on the large batch."""
+on real ranks equal one process on the large batch.
 
+Training runs share launches: per library, one 2-rank job trains every
+configuration of :func:`two_rank_configs` and one 3-rank job every one of
+:func:`three_rank_configs` (fixture ``graph_job``); each test checks its
+configuration's results.
+"""
+
+import functools
 import importlib
 import json
 import os
@@ -12,7 +19,7 @@ import pytest
 
 from gmodels import build
 from kmodels import make_data
-from mpirun import run_mpi, run_mpi_json
+from mpirun import once_per_key, run_mpi, run_mpi_configs
 
 STEPS, B = 25, 8
 
@@ -31,8 +38,12 @@ def _lib(name):
     return name
 
 
+@functools.lru_cache(maxsize=None)
 def reference(lib, optimizer, ranks=2):
-    """One process, no tmpi, batch ranks*B, the same data order."""
+    """One process, no tmpi, batch ranks*B, the same data order.
+
+    Cached: several tests compare with the same run (do not modify it).
+    """
     train, params, _ = build(lib, optimizer, 100)
     x, y = make_data(STEPS * B * ranks)
     losses = []
@@ -47,14 +58,56 @@ CASES = [("theano", "grads", "nesterov"), ("theano", "grads", "adam"),
          ("theano", "updates", "momentum"), ("theano", "updates", "nesterov"),
          ("pytensor", "grads", "adam"), ("pytensor", "updates", "momentum")]
 
+RULES = [
+    ("easgd", {"tau": 3, "synchronous": False}),
+    ("easgd", {"tau": 3, "synchronous": True}),
+    ("gosgd", {"p": 0.5, "seed": 1}),
+]
+
+
+def two_rank_configs(lib):
+    """graph_fit.py's options per configuration of ``lib``'s 2-rank job."""
+    configs = {f"{entry}-{optimizer}": (
+        "--lib", lib, "--entry", entry, "--optimizer", optimizer,
+        "--steps", STEPS, "--batch", B) for name, entry, optimizer in CASES
+        if name == lib}
+    configs["every"] = ("--lib", lib, "--entry", "updates", "--optimizer",
+                        "momentum", "--every", 4, "--steps", 10)
+    return configs
+
+
+def three_rank_configs(lib):
+    """graph_fit.py's options per configuration of ``lib``'s 3-rank job."""
+    return {_rule_name(rule, options): (
+        "--lib", lib, "--entry", "updates", "--optimizer", "momentum",
+        "--rule", rule, "--steps", 12, "--options", json.dumps(options))
+        for rule, options in RULES}
+
+
+def _rule_name(rule, options):
+    return rule + "".join(f"-{k}={v}" for k, v in sorted(options.items()))
+
+
+@pytest.fixture(scope="module")
+def graph_job(tmp_path_factory):
+    """``graph_job(lib, ranks)``: the results of one launch on ``ranks``
+    ranks that trained every configuration of ``lib``'s job for that
+    count, by name; launched on first use."""
+    configs = {2: two_rank_configs, 3: three_rank_configs}
+
+    def launch(lib, ranks):
+        return run_mpi_configs(
+            "graph_fit.py", ranks, tmp_path_factory.mktemp(f"{lib}{ranks}"),
+            configs[ranks](lib), timeout=600)
+
+    return once_per_key(launch)
+
 
 @pytest.mark.parametrize("lib,entry,optimizer", CASES)
-def test_two_ranks_equal_large_batch(tmp_path, lib, entry, optimizer):
+def test_two_ranks_equal_large_batch(graph_job, lib, entry, optimizer):
     _lib(lib)
-    ranks = run_mpi_json("graph_fit.py", 2, tmp_path, "--lib", lib,
-                         "--entry", entry, "--optimizer", optimizer,
-                         "--steps", STEPS, "--batch", B, timeout=300)
-    check_large_batch(ranks, lib, optimizer)
+    check_large_batch(graph_job(lib, 2)[f"{entry}-{optimizer}"], lib,
+                      optimizer)
 
 
 def check_large_batch(ranks, lib, optimizer):
@@ -75,11 +128,9 @@ def check_large_batch(ranks, lib, optimizer):
 
 
 @pytest.mark.parametrize("lib", ["theano", "pytensor"])
-def test_periodic_averaging_every_k_then_finalize(tmp_path, lib):
+def test_periodic_averaging_every_k_then_finalize(graph_job, lib):
     _lib(lib)
-    ranks = run_mpi_json("graph_fit.py", 2, tmp_path, "--lib", lib,
-                         "--entry", "updates", "--optimizer", "momentum",
-                         "--every", 4, "--steps", 10, timeout=300)
+    ranks = graph_job(lib, 2)["every"]
     # 10 steps, averaged after steps 4 and 8: ranks differ before
     # finalize() and agree after it, on the mean of their values.
     before = [np.concatenate([np.ravel(p) for p in r["before_finalize"]])
@@ -202,19 +253,12 @@ def test_script_importing_theano_first_gets_blas_and_lasagne_pooling():
 
 
 @pytest.mark.parametrize("lib", ["theano", "pytensor"])
-@pytest.mark.parametrize("rule,options", [
-    ("easgd", {"tau": 3, "synchronous": False}),
-    ("easgd", {"tau": 3, "synchronous": True}),
-    ("gosgd", {"p": 0.5, "seed": 1}),
-])
-def test_asynchronous_rules_through_distributed_updates(tmp_path, lib, rule,
+@pytest.mark.parametrize("rule,options", RULES)
+def test_asynchronous_rules_through_distributed_updates(graph_job, lib, rule,
                                                         options):
     _lib(lib)
-    ranks = 3
-    results = run_mpi_json(
-        "graph_fit.py", ranks, tmp_path, "--lib", lib, "--entry", "updates",
-        "--optimizer", "momentum", "--rule", rule, "--steps", 12,
-        "--options", json.dumps(options), timeout=300)
+    results = graph_job(lib, 3)[_rule_name(rule, options)]
+    assert len(results) == 3
     check_rule_run(results, rule, options)
 
 

@@ -2,7 +2,9 @@
 
 ``mpiexec -n P python graph_fit.py --lib theano|pytensor --entry
 grads|updates --optimizer adam --out DIR``; each rank writes
-``DIR/rank{r}.json`` with its final parameters and losses.
+``DIR/rank{r}.json`` with its final parameters and losses. With
+``--configs`` one job trains several configurations in turn
+(tests/mpirun.py's ``run_mpi_configs``).
 """
 
 import argparse
@@ -26,31 +28,56 @@ p.add_argument("--steps", type=int, default=25)
 p.add_argument("--batch", type=int, default=8, help="per rank")
 p.add_argument("--rule", default="bsp")
 p.add_argument("--options", default="{}", help="JSON options of --rule")
-args = p.parse_args()
+p.add_argument("--configs", default=None, metavar="JSON",
+               help='{"NAME": [options...], ...}: train each configuration '
+                    "in turn in this one job (fresh graph and parameters "
+                    "each); rank r writes DIR/NAME/rank{r}.json. The other "
+                    "options are then ignored.")
 
-ctx = get_context()
-dist = importlib.import_module(
-    "tmpi_adapters.lasagne" if args.lib == "theano" else "tmpi_adapters.pytensor")
-x, y = make_data(args.steps * args.batch * ctx.size)
-x, y = shard((x, y), ctx.rank, ctx.size)
-# Ranks start from different weights: the adapter must broadcast rank 0's.
-options = (dict(every=args.every) if args.rule == "bsp"
-           else json.loads(args.options))
-train, params, updates = build(args.lib, args.optimizer, 100 + ctx.rank,
-                               entry=args.entry, dist=dist, rule=args.rule,
-                               options=options)
-initial = [p.get_value().tolist() for p in params]
-losses = []
-served = args.entry == "updates" and updates.serve()
-for k in range(0 if served else args.steps):
-    sl = slice(k * args.batch, (k + 1) * args.batch)
-    losses.append(float(train(x[sl].astype(params[0].dtype),
-                              y[sl].astype(np.int32))))
-before_finalize = [p.get_value().tolist() for p in params]
-if args.entry == "updates":
-    updates.finalize()
-with open(os.path.join(args.out, f"rank{ctx.rank}.json"), "w") as f:
-    json.dump({"params": [p.get_value().tolist() for p in params],
-               "before_finalize": before_finalize, "losses": losses,
-               "initial": initial, "served": bool(served),
-               "dtype": str(params[0].dtype)}, f)
+
+def fit(args):
+    """One configuration: train, write DIR/rank{r}.json."""
+    ctx = get_context()
+    dist = importlib.import_module(
+        "tmpi_adapters.lasagne" if args.lib == "theano"
+        else "tmpi_adapters.pytensor")
+    x, y = make_data(args.steps * args.batch * ctx.size)
+    x, y = shard((x, y), ctx.rank, ctx.size)
+    # Ranks start from different weights: the adapter must broadcast rank 0's.
+    options = (dict(every=args.every) if args.rule == "bsp"
+               else json.loads(args.options))
+    train, params, updates = build(args.lib, args.optimizer,
+                                   100 + ctx.rank, entry=args.entry,
+                                   dist=dist, rule=args.rule,
+                                   options=options)
+    initial = [p.get_value().tolist() for p in params]
+    losses = []
+    served = args.entry == "updates" and updates.serve()
+    for k in range(0 if served else args.steps):
+        sl = slice(k * args.batch, (k + 1) * args.batch)
+        losses.append(float(train(x[sl].astype(params[0].dtype),
+                                  y[sl].astype(np.int32))))
+    before_finalize = [p.get_value().tolist() for p in params]
+    if args.entry == "updates":
+        updates.finalize()
+    with open(os.path.join(args.out, f"rank{ctx.rank}.json"), "w") as f:
+        json.dump({"params": [p.get_value().tolist() for p in params],
+                   "before_finalize": before_finalize, "losses": losses,
+                   "initial": initial, "served": bool(served),
+                   "dtype": str(params[0].dtype)}, f)
+
+
+def main():
+    args = p.parse_args()
+    if args.configs is None:
+        fit(args)
+        return
+    for name, options in json.loads(args.configs).items():
+        out = os.path.join(args.out, name)
+        os.makedirs(out, exist_ok=True)
+        if get_context().rank == 0:      # names the failing one in the log
+            print(f"configuration {name}: {' '.join(options)}", flush=True)
+        fit(p.parse_args(["--out", out, *map(str, options)]))
+
+
+main()
