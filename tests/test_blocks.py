@@ -12,11 +12,12 @@ of them. Blocks is installed by the test command from
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
-from mpirun import SCRIPTS, run_mpi, run_mpi_json
+from mpirun import ROOT, SCRIPTS, run_mpi, run_mpi_json
 
 pytestmark = pytest.mark.theano
 
@@ -247,3 +248,18 @@ def test_gradient_averaging_needs_gradient_descent():
     with pytest.raises(ValueError, match="needs a GradientDescent "
                                          "algorithm .* use mode='params'"):
         loop.run()
+
+
+def test_zoo_blocks_mlp_learns_the_digits_on_two_ranks():
+    _blocks_model()
+    pytest.importorskip("sklearn", reason="the zoo's digits come with "
+                        "scikit-learn")
+    proc = run_mpi(os.path.join(ROOT, "zoo", "blocks_mlp.py"), RANKS,
+                   "--epochs", 2, "--hidden", 32, timeout=300)
+    out = proc.stdout
+    # rank 0 alone prints one line per epoch and the final line
+    assert out.count("epoch 1/2: train_cost=") == 1, out
+    final = re.search(r"final: test_accuracy=([\d.]+) rule=bsp ranks=2",
+                      out)
+    assert final, out
+    assert float(final.group(1)) > 0.85
