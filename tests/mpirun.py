@@ -15,9 +15,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "mpi")
 
-__all__ = ["mpiexec", "note_errors_per_rank", "once_per_key", "read_rank_json",
-           "run_mpi", "run_mpi_configs", "run_mpi_interrupted", "run_mpi_json",
-           "ROOT", "SCRIPTS"]
+__all__ = ["fit_each_config", "mpiexec", "note_errors_per_rank",
+           "once_per_key", "read_rank_json", "run_mpi", "run_mpi_configs",
+           "run_mpi_interrupted", "run_mpi_json", "ROOT", "SCRIPTS"]
 
 
 def note_errors_per_rank(out_dir, rank):
@@ -35,6 +35,37 @@ def note_errors_per_rank(out_dir, rank):
         previous(exc_type, exc, tb)
 
     sys.excepthook = _note_and_raise
+
+
+def fit_each_config(parser, fit, rank):
+    """In an MPI test script: ``fit(parser.parse_args())``, or, with
+    ``--configs JSON`` (added here; ``{name: [options...]}``), ``fit`` once
+    per configuration in turn, each with ``--out DIR/name`` and its own
+    options on the parser's defaults (:func:`run_mpi_configs` launches so).
+
+    Args:
+        parser: the script's ``argparse.ArgumentParser``, with ``--out``.
+        fit: ``fit(args)`` runs one configuration and writes its results
+            under ``args.out``.
+        rank: a callable that returns this process's rank; rank 0 prints
+            each configuration's name as it starts, so that a failure's
+            output names the configuration it happened in.
+    """
+    parser.add_argument(
+        "--configs", default=None, metavar="JSON",
+        help='{"NAME": [options...], ...}: run each configuration in turn '
+             "in this one job; its results go to DIR/NAME. The other "
+             "options are then ignored.")
+    args = parser.parse_args()
+    if args.configs is None:
+        fit(args)
+        return
+    for name, options in json.loads(args.configs).items():
+        out = os.path.join(args.out, name)
+        os.makedirs(out, exist_ok=True)
+        if rank() == 0:
+            print(f"configuration {name}: {' '.join(options)}", flush=True)
+        fit(parser.parse_args(["--out", out, *map(str, options)]))
 
 
 def mpiexec():

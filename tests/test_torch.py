@@ -1,7 +1,12 @@
 """tmpi_adapters.torch on real ranks: BSP equals one process on the large
 batch (SGD, momentum, Adam; batch norm, a layer used twice, an unused
 layer), overlapped or not, with gradient accumulation; the other rules
-reach one model."""
+reach one model.
+
+The training runs share two launches: a 2-rank job trains every
+configuration of :data:`TWO_RANKS` in turn, a 3-rank job every one of
+:data:`THREE_RANKS`; each test checks its configuration's results.
+"""
 
 import numpy as np
 import pytest
@@ -9,15 +14,58 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch adapter is tested "
                             "in .venv, where torch is installed")
 
-from mpirun import run_mpi_json  # noqa: E402
+from mpirun import run_mpi_configs  # noqa: E402
 from torch_models import reference  # noqa: E402
 
 STEPS, B = 12, 8
+OPTIMIZERS = ["sgd", "momentum", "adam"]
+OTHER_RULES = [
+    ("gosgd", '{"p": 0.5, "seed": 2}'),
+    ("easgd", '{"tau": 2, "synchronous": true}'),
+    ("bsp", '{"mode": "params", "every": 3}')]
+
+#: torch_fit.py's options per configuration of the 2-rank job (the
+#: recorded run's directory is added by the fixture)
+TWO_RANKS = {
+    # the gradient hooks also test the started requests with Adam
+    **{f"overlap-{o}": ("--optimizer", o, "--progress",
+                        "test" if o == "adam" else "none")
+       for o in OPTIMIZERS},
+    **{f"plain-{o}": ("--optimizer", o, "--overlap", 0) for o in OPTIMIZERS},
+    **{f"gloo-{overlap}": ("--optimizer", "adam", "--backend", "gloo",
+                           "--overlap", overlap) for overlap in (1, 0)},
+}
+#: the 3-rank job's
+THREE_RANKS = {
+    "accumulate": ("--optimizer", "momentum", "--accumulate", 3),
+    **{rule: ("--rule", rule, "--options", options)
+       for rule, options in OTHER_RULES},
+}
 
 
-def _fit(tmp_path, name, ranks=2, *args):
-    return run_mpi_json("torch_fit.py", ranks, tmp_path / name, "--steps",
-                        STEPS, "--batch", B, *args, timeout=240)
+def _job(tmp_path_factory, ranks, configs):
+    out = tmp_path_factory.mktemp(f"ranks{ranks}")
+    return run_mpi_configs(
+        "torch_fit.py", ranks, out,
+        {name: ("--steps", STEPS, "--batch", B, *options)
+         for name, options in configs.items()}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every 2-rank configuration's results, from one launch; ``"rec"``
+    recorded its run in the directory ``two_ranks["rec-run"]``."""
+    run = tmp_path_factory.mktemp("rec") / "run"
+    results = _job(tmp_path_factory, 2,
+                   {**TWO_RANKS, "rec": ("--record", run)})
+    results["rec-run"] = run
+    return results
+
+
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory):
+    """Every 3-rank configuration's results, from one launch."""
+    return _job(tmp_path_factory, 3, THREE_RANKS)
 
 
 def _same_on_every_rank(results):
@@ -26,13 +74,10 @@ def _same_on_every_rank(results):
         assert r["buffers"] == results[0]["buffers"]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
-def test_bsp_equals_large_batch_overlapped_or_not(tmp_path, optimizer):
-    # the gradient hooks also test the started requests with Adam
-    overlapped = _fit(tmp_path, "overlap", 2, "--optimizer", optimizer,
-                      "--progress", "test" if optimizer == "adam" else "none")
-    plain = _fit(tmp_path, "plain", 2, "--optimizer", optimizer,
-                 "--overlap", 0)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_bsp_equals_large_batch_overlapped_or_not(two_ranks, optimizer):
+    overlapped = two_ranks[f"overlap-{optimizer}"]
+    plain = two_ranks[f"plain-{optimizer}"]
     want = reference(optimizer, STEPS, B, 2, 1)
     for results in (overlapped, plain):
         _same_on_every_rank(results)
@@ -43,23 +88,22 @@ def test_bsp_equals_large_batch_overlapped_or_not(tmp_path, optimizer):
 
 
 @pytest.mark.parametrize("overlap", [1, 0])
-def test_device_path_through_torch_distributed_equals_mpi(tmp_path,
+def test_device_path_through_torch_distributed_equals_mpi(two_ranks,
                                                           overlap):
     # The GPU path's code (buckets as device tensors, a torch.distributed
     # group bootstrapped over MPI) with gloo on the CPU: all but NCCL.
-    device = _fit(tmp_path, "gloo", 2, "--optimizer", "adam", "--backend",
-                  "gloo", "--overlap", overlap)
+    device = two_ranks[f"gloo-{overlap}"]
     _same_on_every_rank(device)
     want = reference("adam", STEPS, B, 2, 1)
     for got, ref in zip(device[0]["params"], want):
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
 
 
-def test_recorded_run(tmp_path):
+def test_recorded_run(two_ranks):
     from tmpi_core import read_run
 
-    run = tmp_path / "run"
-    results = _fit(tmp_path, "rec", 2, "--record", run)
+    run = two_ranks["rec-run"]
+    results = two_ranks["rec"]
     _same_on_every_rank(results)
     recorded = read_run(run)
     assert len(recorded["ranks"]) == 2
@@ -70,21 +114,18 @@ def test_recorded_run(tmp_path):
     assert recorded["summary"] is not None
 
 
-def test_gradient_accumulation_exchanges_once_per_step(tmp_path):
-    results = _fit(tmp_path, "acc", 3, "--optimizer", "momentum",
-                   "--accumulate", 3)
+def test_gradient_accumulation_exchanges_once_per_step(three_ranks):
+    results = three_ranks["accumulate"]
     _same_on_every_rank(results)
     want = reference("momentum", STEPS, B, 3, 3)
     for got, ref in zip(results[0]["params"], want):
         np.testing.assert_allclose(got, ref, rtol=5e-5, atol=5e-6)
 
 
-@pytest.mark.parametrize("rule,options", [
-    ("gosgd", '{"p": 0.5, "seed": 2}'),
-    ("easgd", '{"tau": 2, "synchronous": true}'),
-    ("bsp", '{"mode": "params", "every": 3}')])
-def test_other_rules_end_with_one_model(tmp_path, rule, options):
-    results = _fit(tmp_path, rule, 3, "--rule", rule, "--options", options)
+@pytest.mark.parametrize("rule,options", OTHER_RULES)
+def test_other_rules_end_with_one_model(three_ranks, rule, options):
+    results = three_ranks[rule]
+    assert len(results) == 3
     for r in results[1:]:
         np.testing.assert_allclose(r["params"][0], results[0]["params"][0],
                                    rtol=1e-6, atol=1e-7)

@@ -16,6 +16,7 @@ import numpy as np
 
 from gmodels import build
 from kmodels import make_data
+from mpirun import fit_each_config
 from tmpi_core import get_context, shard
 
 p = argparse.ArgumentParser()
@@ -28,11 +29,6 @@ p.add_argument("--steps", type=int, default=25)
 p.add_argument("--batch", type=int, default=8, help="per rank")
 p.add_argument("--rule", default="bsp")
 p.add_argument("--options", default="{}", help="JSON options of --rule")
-p.add_argument("--configs", default=None, metavar="JSON",
-               help='{"NAME": [options...], ...}: train each configuration '
-                    "in turn in this one job (fresh graph and parameters "
-                    "each); rank r writes DIR/NAME/rank{r}.json. The other "
-                    "options are then ignored.")
 
 
 def fit(args):
@@ -67,17 +63,4 @@ def fit(args):
                    "dtype": str(params[0].dtype)}, f)
 
 
-def main():
-    args = p.parse_args()
-    if args.configs is None:
-        fit(args)
-        return
-    for name, options in json.loads(args.configs).items():
-        out = os.path.join(args.out, name)
-        os.makedirs(out, exist_ok=True)
-        if get_context().rank == 0:      # names the failing one in the log
-            print(f"configuration {name}: {' '.join(options)}", flush=True)
-        fit(p.parse_args(["--out", out, *map(str, options)]))
-
-
-main()
+fit_each_config(p, fit, lambda: get_context().rank)

@@ -16,6 +16,7 @@ import numpy as np
 
 import tmpi_adapters.keras as tmpi_keras
 from kmodels import compile_model, make_data, make_model, make_optimizer
+from mpirun import fit_each_config
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
@@ -36,11 +37,6 @@ p.add_argument("--accumulate", type=int, default=None,
                help="the optimizer's gradient_accumulation_steps")
 p.add_argument("--overlap", action="store_true",
                help="TMPISync(overlap=True, bucket_mb=0.001): many buckets")
-p.add_argument("--configs", default=None, metavar="JSON",
-               help='{"NAME": [options...], ...}: train each configuration '
-                    "in turn in this one job (a fresh model, optimizer and "
-                    "TMPISync each); rank r writes DIR/NAME/rank{r}.json. "
-                    "The other options are then ignored.")
 
 
 def train(args):
@@ -97,17 +93,4 @@ def train(args):
         }, f)
 
 
-def main():
-    args = p.parse_args()
-    if args.configs is None:
-        train(args)
-        return
-    for name, options in json.loads(args.configs).items():
-        out = os.path.join(args.out, name)
-        os.makedirs(out, exist_ok=True)
-        if tmpi_keras.rank() == 0:       # names the failing one in the log
-            print(f"configuration {name}: {' '.join(options)}", flush=True)
-        train(p.parse_args(["--out", out, *map(str, options)]))
-
-
-main()
+fit_each_config(p, train, tmpi_keras.rank)
