@@ -143,6 +143,10 @@ class TMPISync(SimpleExtension):
             if isinstance(value, bool) or not isinstance(value, int) \
                     or value < 1:
                 raise ValueError(f"{key}={value!r} must be an integer >= 1")
+        if comm is not None and not isinstance(rule, str):
+            raise ValueError(
+                "comm= goes with a rule name; a Rule instance runs on the "
+                "comm given to its own constructor")
         self.rule = _graph._make_rule(rule, comm, dict(options),
                                       default_mode="grads")
         super().__init__(name=name, **{c: True for c in _CALLBACKS})
@@ -159,6 +163,7 @@ class TMPISync(SimpleExtension):
         self._epoch = None          # this epoch's _EqualIterations
         self._monitors = []         # TrainingDataMonitoring we average
         self._stopping = False
+        self._epoch_start = 0       # iterations_done when this epoch began
 
     # -- Blocks' callbacks --------------------------------------------------
     def do(self, which_callback, *args):
@@ -246,6 +251,7 @@ class TMPISync(SimpleExtension):
 
     def _before_epoch(self):
         main_loop = self.main_loop
+        self._epoch_start = main_loop.log.status["iterations_done"]
         self._epoch = _EqualIterations(
             main_loop.epoch_iterator,
             self.state.batches(main_loop.epoch_iterator))
@@ -260,10 +266,11 @@ class TMPISync(SimpleExtension):
             log.current_row["training_finish_requested"] = True
             log.current_row["tmpi_interrupted"] = True
             if state.store is not None and self.rule.role == "peer":
+                # resuming starts this epoch anew: count from its start
                 status = log.status
-                state.meta["iterations_done"] = status["iterations_done"]
+                state.meta["iterations_done"] = self._epoch_start
                 state.save(epoch=status["epochs_done"],
-                           batch=self._epoch.steps if self._epoch else 0,
+                           batch=status["iterations_done"] - self._epoch_start,
                            interrupted=True)
 
     def _after_epoch(self):
@@ -397,11 +404,6 @@ class _EqualIterations:
         self.source = source
         self.uneven = uneven
         self._steps = iter(uneven)
-
-    @property
-    def steps(self):
-        """Steps of this epoch so far."""
-        return self.uneven.steps
 
     def __iter__(self):
         return self
