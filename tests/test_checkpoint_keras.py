@@ -1,4 +1,12 @@
-"""Checkpoint and resume through TMPISync, with real processes killed."""
+"""Checkpoint and resume through TMPISync, with real processes killed.
+
+Runs that end well and that nothing is killed in share launches: one
+2-rank job (fixture ``two_ranks``) runs every configuration of
+:data:`TWO_RANKS`, then one 3-rank job (``three_ranks``) those of
+:data:`THREE_RANKS`, some resuming the 2-rank job's checkpoints. Each
+test checks its configurations' results. Runs that fail, are killed or
+are interrupted have a launch of their own.
+"""
 
 import json
 import os
@@ -9,10 +17,63 @@ import pytest
 
 pytest.importorskip("keras", reason="the Keras adapter needs keras")
 
-from mpirun import run_mpi, run_mpi_interrupted  # noqa: E402
+from mpirun import run_mpi, run_mpi_configs, run_mpi_interrupted  # noqa: E402
 from tmpi_core.checkpoint import read_checkpoint  # noqa: E402
 
 KILL_LIMIT = 30          # the issue's bound for a killed rank
+GOSGD_FOR_3 = ("--rule", "gosgd", "--options", '{"p": 0.5, "seed": 4}')
+
+#: keras_ckpt.py's options per configuration of the 2-rank job; each
+#: ``--ckpt`` is a directory of that name under the fixture's folder
+TWO_RANKS = {
+    # test_bsp_resume_after_kill_equals_uninterrupted: uninterrupted
+    "whole-adam": ("--optimizer", "adam"),
+    # test_bsp_resumes_on_other_rank_count_with_a_warning: 2 epochs
+    "bsp-for-3": ("--ckpt", "bsp-for-3", "--epochs", "2"),
+    # test_resume_with_other_rule_options_is_refused: 1 epoch
+    "bsp-for-options": ("--ckpt", "bsp-for-options", "--epochs", "1"),
+    # test_gosgd_checkpoint_refuses_another_rank_count: 1 epoch
+    "gosgd-for-3": (*GOSGD_FOR_3, "--ckpt", "gosgd-for-3", "--epochs", "1"),
+}
+#: the 3-rank job's, after the 2-rank job
+THREE_RANKS = {
+    # test_bsp_resumes_on_other_rank_count_with_a_warning: resumed on 3
+    "bsp-on-3": ("--ckpt", "bsp-for-3", "--epochs", "3", "--n", "144"),
+    # test_gosgd_checkpoint_keeps_total_weight
+    "gosgd-weight": ("--rule", "gosgd", "--options", '{"p": 0.7, "seed": 5}',
+                     "--ckpt", "gosgd-weight", "--epochs", "2", "--n", "144",
+                     "--keep", "5"),
+}
+
+
+def _in(folder, configs):
+    """``configs`` with each ``--ckpt NAME`` made ``folder/NAME``."""
+    return {name: tuple(folder / v if k == "--ckpt" else v
+                        for k, v in zip(("",) + options, options))
+            for name, options in configs.items()}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The folder of the shared jobs' checkpoint directories."""
+    return tmp_path_factory.mktemp("ckpts")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, checkpoints):
+    """Every 2-rank configuration's results, from one launch."""
+    return run_mpi_configs("keras_ckpt.py", 2,
+                           tmp_path_factory.mktemp("two"),
+                           _in(checkpoints, TWO_RANKS), timeout=480)
+
+
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory, checkpoints, two_ranks):
+    """Every 3-rank configuration's results, from one launch after the
+    2-rank job."""
+    return run_mpi_configs("keras_ckpt.py", 3,
+                           tmp_path_factory.mktemp("three"),
+                           _in(checkpoints, THREE_RANKS), timeout=480)
 
 
 def _run(tmp_path, ranks, *args, check=True, timeout=120):
@@ -40,9 +101,9 @@ def _latest(ckpt):
 
 
 @pytest.mark.parametrize("optimizer", ["adam"])   # momentum: graph tests
-def test_bsp_resume_after_kill_equals_uninterrupted(tmp_path, optimizer):
-    whole, _, out = _run(tmp_path / "a", 2, "--optimizer", optimizer)
-    reference = _results(out, 2)
+def test_bsp_resume_after_kill_equals_uninterrupted(tmp_path, two_ranks,
+                                                    optimizer):
+    reference = two_ranks[f"whole-{optimizer}"]
     ckpt = tmp_path / "ckpt"
     proc, _, killed = _run(tmp_path / "b", 2, "--optimizer", optimizer,
                            "--ckpt", ckpt, "--kill", "2:3", check=False)
@@ -66,14 +127,13 @@ def test_bsp_resume_after_kill_equals_uninterrupted(tmp_path, optimizer):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_bsp_resumes_on_other_rank_count_with_a_warning(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    _run(tmp_path / "a", 2, "--ckpt", ckpt, "--epochs", "2")
-    proc, _, out = _run(tmp_path / "b", 3, "--ckpt", ckpt, "--epochs", "3",
-                        "--n", "144")
-    assert "resuming a checkpoint written by 2 ranks on 3" in proc.stderr
-    assert "scale the learning rate" in proc.stderr
-    results = _results(out, 3)
+def test_bsp_resumes_on_other_rank_count_with_a_warning(two_ranks,
+                                                        three_ranks):
+    assert two_ranks["bsp-for-3"][0]["start"] == 0
+    results = three_ranks["bsp-on-3"]
+    warned = " ".join(results[0]["warnings"])        # rank 0 warns
+    assert "resuming a checkpoint written by 2 ranks on 3" in warned, warned
+    assert "scale the learning rate" in warned, warned
     assert results[0]["start"] == 2
     for r in results[1:]:
         for a, b in zip(r["weights"], results[0]["weights"]):
@@ -120,11 +180,9 @@ def test_kill_one_rank_ends_job_and_checkpoint_resumes(tmp_path, rule,
             assert np.all(np.isfinite(a))
 
 
-def test_gosgd_checkpoint_keeps_total_weight(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    _run(tmp_path / "a", 3, "--rule", "gosgd", "--options",
-         '{"p": 0.7, "seed": 5}', "--ckpt", ckpt, "--epochs", "2",
-         "--n", "144", "--keep", "5")
+def test_gosgd_checkpoint_keeps_total_weight(three_ranks, checkpoints):
+    assert len(three_ranks["gosgd-weight"]) == 3
+    ckpt = checkpoints / "gosgd-weight"
     for name in sorted(os.listdir(ckpt)):
         _, _, locals_ = read_checkpoint(os.path.join(ckpt, name))
         weights = []
@@ -169,9 +227,10 @@ def test_exception_on_one_rank_keeps_the_last_checkpoint(tmp_path):
     assert meta["epoch"] == 1 and meta["interrupted"] is False
 
 
-def test_resume_with_other_rule_options_is_refused(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    _run(tmp_path / "a", 2, "--ckpt", ckpt, "--epochs", "1")
+def test_resume_with_other_rule_options_is_refused(tmp_path, two_ranks,
+                                                   checkpoints):
+    assert two_ranks["bsp-for-options"][0]["start"] == 0
+    ckpt = checkpoints / "bsp-for-options"
     proc, _, _ = _run(tmp_path / "b", 2, "--ckpt", ckpt, "--options",
                       '{"mode": "params"}', check=False)
     assert proc.returncode != 0
@@ -198,12 +257,12 @@ def test_recorded_run_resumes_its_records(tmp_path):
         assert epochs == [e for e in range(4) for _ in range(6)]
 
 
-def test_gosgd_checkpoint_refuses_another_rank_count(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    common = ("--rule", "gosgd", "--options", '{"p": 0.5, "seed": 4}',
-              "--ckpt", ckpt)
-    _run(tmp_path / "a", 2, *common, "--epochs", "1")
-    proc, _, _ = _run(tmp_path / "b", 3, *common, "--n", "144", check=False)
+def test_gosgd_checkpoint_refuses_another_rank_count(tmp_path, two_ranks,
+                                                     checkpoints):
+    assert two_ranks["gosgd-for-3"][0]["start"] == 0
+    ckpt = checkpoints / "gosgd-for-3"
+    proc, _, _ = _run(tmp_path / "b", 3, *GOSGD_FOR_3, "--ckpt", ckpt,
+                      "--n", "144", check=False)
     assert proc.returncode != 0
     message = "was written by 2 ranks; GoSGD resumes only on as many ranks"
     for rank in range(3):

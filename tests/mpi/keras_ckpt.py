@@ -6,7 +6,9 @@ checkpoint, with no ``initial_epoch`` passed to ``fit`` (``--shorthand``:
 through ``TMPISync(checkpoint=CKPT)`` instead). Faults, at
 ``EPOCH:BATCH`` on ``--fault-rank``: ``--kill`` (SIGKILL itself), ``--raise``
 (an exception), ``--mark`` (write DIR/marker so the test can signal the
-launcher). Each rank writes ``DIR/rank{r}.json`` with its final weights.
+launcher). Each rank writes ``DIR/rank{r}.json`` with its final weights
+and the warnings it saw. With ``--configs`` one job runs several
+configurations in turn (tests/mpirun.py's ``run_mpi_configs``).
 """
 
 import argparse
@@ -14,13 +16,14 @@ import json
 import os
 import signal
 import time
+import warnings
 
 import keras
 import numpy as np
 
 import tmpi_adapters.keras as tmpi_keras
 from kmodels import compile_model, make_data, make_model, make_optimizer
-from mpirun import note_errors_per_rank  # noqa: E402
+from mpirun import fit_each_config, note_errors_per_rank  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
@@ -41,27 +44,6 @@ p.add_argument("--slow", type=float, default=0.0, help="sleep per batch")
 p.add_argument("--record", default=None, help="TMPISync(record=DIR)")
 p.add_argument("--shorthand", action="store_true",
                help="TMPISync(checkpoint=DIR) instead of TMPIBackupAndRestore")
-args = p.parse_args()
-
-rank, size = tmpi_keras.rank(), tmpi_keras.size()
-RANK = rank
-note_errors_per_rank(args.out, RANK)
-x, y = make_data(args.n)
-x, y = tmpi_keras.shard((x, y))
-model = compile_model(make_model(100 + rank), make_optimizer(args.optimizer))
-callbacks = []
-if args.shorthand:
-    sync = tmpi_keras.TMPISync(args.rule, checkpoint=args.ckpt,
-                               checkpoint_every=args.every,
-                               checkpoint_keep=args.keep,
-                               record=args.record,
-                               **json.loads(args.options))
-else:
-    sync = tmpi_keras.TMPISync(args.rule, record=args.record,
-                               **json.loads(args.options))
-    if args.ckpt:
-        callbacks.append(tmpi_keras.TMPIBackupAndRestore(
-            args.ckpt, sync=sync, every=args.every, keep=args.keep))
 
 
 def _at(spec):
@@ -69,12 +51,19 @@ def _at(spec):
 
 
 class Faults(keras.callbacks.Callback):
+    """The faults ``args`` ask for, on ``args.fault_rank``."""
+
     epoch = 0
+
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        args, rank = self.args, tmpi_keras.rank()
         here = (self.epoch, batch)
         if args.slow:
             time.sleep(args.slow)
@@ -91,16 +80,61 @@ class Faults(keras.callbacks.Callback):
                 f.write("ready")
 
 
-# No initial_epoch: the checkpoint callback makes fit start at the
-# restored epoch by itself.
-start = sync.resume_epoch() if args.ckpt else 0
-model.fit(x, y, batch_size=args.batch, epochs=args.epochs, shuffle=False,
-          callbacks=[sync, *callbacks, Faults()], verbose=0)
-with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-    json.dump({
+def fit(args):
+    """One configuration: train (resuming from --ckpt), write
+    DIR/rank{r}.json."""
+    rank = tmpi_keras.rank()
+    note_errors_per_rank(args.out, rank)
+    seen = []
+    with warnings.catch_warnings():
+        # tmpi's warnings each time (a later configuration's too), shown
+        # as usual and kept for the results
+        warnings.simplefilter("always", UserWarning)
+        show = warnings.showwarning
+
+        def keep(message, *rest, **kwargs):
+            seen.append(str(message))
+            show(message, *rest, **kwargs)
+
+        warnings.showwarning = keep
+        results = _train(args)
+    results["warnings"] = seen
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+
+
+def _train(args):
+    """Train; the results as a dict."""
+    rank = tmpi_keras.rank()
+    x, y = make_data(args.n)
+    x, y = tmpi_keras.shard((x, y))
+    model = compile_model(make_model(100 + rank),
+                          make_optimizer(args.optimizer))
+    callbacks = []
+    if args.shorthand:
+        sync = tmpi_keras.TMPISync(args.rule, checkpoint=args.ckpt,
+                                   checkpoint_every=args.every,
+                                   checkpoint_keep=args.keep,
+                                   record=args.record,
+                                   **json.loads(args.options))
+    else:
+        sync = tmpi_keras.TMPISync(args.rule, record=args.record,
+                                   **json.loads(args.options))
+        if args.ckpt:
+            callbacks.append(tmpi_keras.TMPIBackupAndRestore(
+                args.ckpt, sync=sync, every=args.every, keep=args.keep))
+    # No initial_epoch: the checkpoint callback makes fit start at the
+    # restored epoch by itself.
+    start = sync.resume_epoch() if args.ckpt else 0
+    model.fit(x, y, batch_size=args.batch, epochs=args.epochs, shuffle=False,
+              callbacks=[sync, *callbacks, Faults(args)], verbose=0)
+    return {
         "start": start,
         "weights": [np.asarray(w).tolist() for w in model.get_weights()],
         "optimizer": [np.asarray(v).tolist()
                       for v in model.optimizer.variables],
         "step": sync.rule.step,
-    }, f)
+    }
+
+
+fit_each_config(p, fit, tmpi_keras.rank)
