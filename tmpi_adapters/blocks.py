@@ -124,7 +124,8 @@ class TMPISync(SimpleExtension):
 
     Example:
         >>> MainLoop(algorithm, stream, model=model,
-        ...          extensions=[TMPISync("bsp"), FinishAfter(after_n_epochs=5)])
+        ...          extensions=[TMPISync("bsp"),
+        ...                      FinishAfter(after_n_epochs=5)])
     """
 
     def __init__(self, rule="bsp", *, average_monitoring=True, comm=None,
@@ -192,17 +193,19 @@ class TMPISync(SimpleExtension):
         self._reset()
         rule = self.rule
         lib = _graph.graph_lib("theano")
-        params, names = _parameters(main_loop, algorithm)
+        params, untrained, name = _parameters(main_loop, algorithm)
         state_vars = _step_rule_state(algorithm)
         if rule.exchanges_gradients:
             self._started = params + state_vars
             self._exchange_gradients(lib, algorithm, params)
             _set_values(self._started, rule.start(
-                _values(self._started), names=names + _names(state_vars)))
-            extra = []
+                _values(self._started),
+                names=[name(v) for v in self._started]))
+            extra = untrained
         else:
             updated = {id(v) for v, _ in algorithm.updates}
-            self._started = [v for v in params + state_vars
+            candidates = params + state_vars + untrained
+            self._started = [v for v in candidates
                              if id(v) in updated and _graph._is_float(v)]
             if not self._started:
                 raise ValueError(
@@ -211,19 +214,22 @@ class TMPISync(SimpleExtension):
             new = _graph.distributed(lib, algorithm.updates, rule,
                                      params=self._started)
             algorithm.updates = list(new.items())
-            extra = [v for v in params + state_vars
+            extra = [v for v in candidates
                      if all(v is not w for w in self._started)]
         if extra:
-            # the parameters the algorithm does not update: rank 0's, once
+            # what the algorithm does not change: rank 0's values, once
             ctx = rule.context
             values = _values(extra)
             check_same_across_ranks(
-                ctx, describe_arrays(values, _names(extra)), "parameters")
+                ctx, describe_arrays(values, [name(v) for v in extra]),
+                "parameters")
             _set_values(extra, broadcast_arrays(ctx, values))
-        every_var = self._started + extra
         self.state = TrainingState(
-            rule, SharedVariablesIO(every_var, self._started),
-            directory=self.checkpoint, keep=self.checkpoint_keep)
+            rule, SharedVariablesIO(self._started + extra, self._started))
+        if self.checkpoint is not None:
+            self.state.use_directory(self.checkpoint,
+                                     keep=self.checkpoint_keep,
+                                     every_epochs=self.checkpoint_every)
         self._restore(main_loop)
         if self.rank != 0:
             for extension in main_loop.extensions:
@@ -237,7 +243,14 @@ class TMPISync(SimpleExtension):
                     self._monitors.append(extension)
         self.state.arm()
         if rule.role == "server":
-            self.state.serve(every_exchanges=None)
+            # saving the center once per checkpoint_every epochs' worth of
+            # the workers' exchanges (their shards are the size of this
+            # rank's, its stream says how many batches that is)
+            restored = self.state.restored
+            self.state.serve(
+                steps_per_epoch=_batches_per_epoch(main_loop.data_stream),
+                start_epoch=(int(restored.meta["epoch"]) if restored
+                             else 0))
             raise TrainingFinish        # the server does not train
 
     def _restore(self, main_loop):
@@ -426,11 +439,12 @@ def _identity(value):
     return value
 
 
-# -- the algorithm's variables -------------------------------------------------
+# -- the algorithm's variables ----------------------------------------------
 
 def _parameters(main_loop, algorithm):
-    """The trained parameters and their names (Blocks' brick paths where
-    the main loop has a model)."""
+    """``(trained, untrained, name)``: the parameters the algorithm trains,
+    the model's others, and a function naming a variable (by its brick's
+    path where the main loop has a model)."""
     try:
         model = main_loop.model
     except AttributeError:
@@ -443,8 +457,6 @@ def _parameters(main_loop, algorithm):
             model_params.append(var)
     if isinstance(algorithm, GradientDescent):
         params = list(algorithm.parameters)
-        params += [v for v in model_params
-                   if all(v is not p for p in params)]
     elif model_params:
         params = model_params
     else:
@@ -452,11 +464,26 @@ def _parameters(main_loop, algorithm):
             "TMPISync cannot tell the parameters of a "
             f"{type(algorithm).__name__} without a model: pass "
             "MainLoop(..., model=Model(cost))")
+    untrained = [v for v in model_params if all(v is not p for p in params)]
     for i, p in enumerate(params):
         if not hasattr(p, "get_value"):
             raise ValueError(f"parameter {i} ({p!r}) is not a shared "
                              "variable")
-    return params, [paths.get(id(p)) or _graph._name(p) for p in params]
+
+    def name(var):
+        return paths.get(id(var)) or _graph._name(var)
+
+    return params, untrained, name
+
+
+def _batches_per_epoch(stream):
+    """Batches per epoch of a Fuel stream whose scheme says, else None."""
+    scheme = getattr(stream, "iteration_scheme", None)
+    indices = getattr(scheme, "indices", None)
+    batch_size = getattr(scheme, "batch_size", None)
+    if indices is None or not batch_size:
+        return None
+    return -(-len(indices) // batch_size)
 
 
 def _step_rule_state(algorithm):
@@ -478,10 +505,6 @@ def _values(variables):
 
 def _set_values(variables, values):
     _graph._set_values(variables, values)
-
-
-def _names(variables):
-    return [_graph._name(v) for v in variables]
 
 
 def _is_number(array):

@@ -63,7 +63,8 @@ def rank_rows(steps, batch, ranks, rank):
 def stream(x, y, batch):
     """A Fuel stream of ``(features, targets)`` batches of ``batch`` rows."""
     dataset = IndexableDataset(OrderedDict([("features", x), ("targets", y)]))
-    return DataStream(dataset, iteration_scheme=SequentialScheme(len(x), batch))
+    return DataStream(dataset,
+                      iteration_scheme=SequentialScheme(len(x), batch))
 
 
 def values(variables):
