@@ -4,6 +4,7 @@ A hang fails the test (``subprocess.TimeoutExpired`` is turned into an
 assertion) instead of stalling CI.
 """
 
+import argparse
 import json
 import os
 import signal
@@ -56,12 +57,17 @@ def fit_each_config(parser, fit, rank):
         help='{"NAME": [options...], ...}: run each configuration in turn '
              "in this one job; its results go to DIR/NAME. The other "
              "options are then ignored.")
-    args = parser.parse_args()
-    if args.configs is None:
-        fit(args)
+    # --out and --configs alone first: a configuration supplies the
+    # script's required options
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--out")
+    first.add_argument("--configs")
+    known, _ = first.parse_known_args()
+    if known.configs is None:
+        fit(parser.parse_args())
         return
-    for name, options in json.loads(args.configs).items():
-        out = os.path.join(args.out, name)
+    for name, options in json.loads(known.configs).items():
+        out = os.path.join(known.out, name)
         os.makedirs(out, exist_ok=True)
         if rank() == 0:
             print(f"configuration {name}: {' '.join(options)}", flush=True)

@@ -4,7 +4,9 @@ Run by tests/test_uneven.py as ``mpiexec -n 3 python uneven.py --out DIR
 --entry core|keras|graph [--lib pytensor|theano] --batches 8,17,26``.
 Rank r has ``batches[r]`` batches of linear-regression data; every rank
 writes ``rank{r}.json`` with its final weights, the steps it ran per epoch
-and its own batch count, and the test replays the run serially.
+and its own batch count, and the test replays the run serially. With
+``--configs`` one job runs several configurations in turn (tests/mpirun.py's
+``run_mpi_configs``).
 """
 
 import argparse
@@ -23,15 +25,15 @@ p.add_argument("--mode", default="grads")
 p.add_argument("--batches", default="8,17,26")
 p.add_argument("--epochs", type=int, default=2)
 p.add_argument("--lr", type=float, default=0.05)
-args = p.parse_args()
 
 from mpi4py import MPI  # noqa: E402
 
+from mpirun import fit_each_config  # noqa: E402
 from uneven_data import DIM, batches_of, initial_weights  # noqa: E402
 
 rank = MPI.COMM_WORLD.Get_rank()
-counts = [int(c) for c in args.batches.split(",")]
-mine = batches_of(rank, counts[rank])
+# set by fit() for each configuration
+args = counts = mine = None
 steps = []                      # steps run per epoch on this rank
 
 
@@ -157,8 +159,19 @@ def graph():
     return np.asarray(w.get_value())
 
 
-w = {"core": core, "keras": keras_fit, "graph": graph,
-     "torch": torch_loop}[args.entry]()
-with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-    json.dump({"w": np.asarray(w, np.float64).ravel().tolist(),
-               "steps": steps, "own": counts[rank]}, f)
+def fit(parsed):
+    """One configuration: train through ``--entry``, write
+    DIR/rank{r}.json."""
+    global args, counts, mine, steps
+    args = parsed
+    counts = [int(c) for c in args.batches.split(",")]
+    mine = batches_of(rank, counts[rank])
+    steps = []
+    w = {"core": core, "keras": keras_fit, "graph": graph,
+         "torch": torch_loop}[args.entry]()
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+        json.dump({"w": np.asarray(w, np.float64).ravel().tolist(),
+                   "steps": steps, "own": counts[rank]}, f)
+
+
+fit_each_config(p, fit, lambda: rank)
