@@ -95,15 +95,18 @@ class TMPISync(SimpleExtension):
 
     Asynchronous EASGD (``TMPISync('easgd', tau=4)``): rank 0 serves the
     center and does not train; its main loop ends, holding the center, when
-    the workers' do. Parameters the algorithm does not update are
-    broadcast once and not exchanged.
+    the workers' do. With ``checkpoint=DIR`` it saves the center once per
+    ``checkpoint_every`` epochs' worth of the workers' exchanges, and the
+    workers save nothing. Parameters of the model the algorithm does not
+    update are broadcast once and not exchanged.
 
     Args:
         rule: ``'bsp'``, ``'easgd'``, ``'gosgd'`` or a
             :class:`tmpi_core.Rule`.
         average_monitoring: average ``TrainingDataMonitoring`` records over
             ranks (default True).
-        comm: an ``mpi4py.MPI.Comm``; default ``COMM_WORLD``.
+        comm: an ``mpi4py.MPI.Comm`` for a rule given by name; default
+            ``COMM_WORLD``.
         checkpoint: a directory for tmpi checkpoints, or None.
         checkpoint_every: write one every this many epochs.
         checkpoint_keep: how many of the newest to keep.
