@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mpirun import ROOT, run_mpi, run_mpi_json
+from mpirun import ROOT, once_per_key, run_mpi, run_mpi_configs
 from tmpi_core import BSP, Recorder, make_recorder, make_rule, read_run
 from tmpi_core import recorder as recorder_module
 from tmpi_core import runs as runs_module
@@ -243,12 +243,30 @@ def test_unwritable_run_dir_fails_every_rank_without_hanging(tmp_path):
     assert "cannot create the run directory" in proc.stderr
 
 
-def test_keras_fit_records_every_batch(tmp_path):
+KERAS_EPOCHS, KERAS_FITS = 2, 2
+
+
+@pytest.fixture(scope="module")
+def keras_recorded(tmp_path_factory):
+    """keras_record.py's results and run directories on 2 ranks, one
+    launch for both configurations: ``{name: (ranks' results, run)}``."""
     pytest.importorskip("keras", reason="the Keras adapter needs keras")
-    run = tmp_path / "run"
-    epochs, fits, steps = 2, 2, 6               # 96 samples / 2 ranks / 8
-    ranks = run_mpi_json("keras_record.py", 2, tmp_path, "--run-dir", run,
-                         "--n", 96, "--epochs", epochs, "--fits", fits)
+    runs = tmp_path_factory.mktemp("keras-runs")
+    configs = {
+        "bsp": ("--run-dir", runs / "bsp", "--n", 96, "--epochs",
+                KERAS_EPOCHS, "--fits", KERAS_FITS),
+        "easgd": ("--run-dir", runs / "easgd", "--epochs", 1, "--rule",
+                  "easgd", "--options", json.dumps({"tau": 2})),
+    }
+    results = run_mpi_configs("keras_record.py", 2,
+                              tmp_path_factory.mktemp("keras"), configs,
+                              timeout=300)
+    return {name: (results[name], runs / name) for name in configs}
+
+
+def test_keras_fit_records_every_batch(keras_recorded):
+    epochs, fits, steps = KERAS_EPOCHS, KERAS_FITS, 6   # 96 / 2 ranks / 8
+    ranks, run = keras_recorded["bsp"]
     for rank, result in enumerate(ranks):
         lines = lines_of(run, rank)
         assert len(lines) == fits * epochs * steps
@@ -269,12 +287,8 @@ def test_keras_fit_records_every_batch(tmp_path):
     assert_summary_sums_lines(run, 2)
 
 
-def test_keras_asynchronous_easgd_records_the_worker(tmp_path):
-    pytest.importorskip("keras", reason="the Keras adapter needs keras")
-    run = tmp_path / "run"
-    ranks = run_mpi_json("keras_record.py", 2, tmp_path, "--run-dir", run,
-                         "--epochs", 1, "--rule", "easgd",
-                         "--options", json.dumps({"tau": 2}))
+def test_keras_asynchronous_easgd_records_the_worker(keras_recorded):
+    ranks, run = keras_recorded["easgd"]
     # the server (rank 0) serves and trains not: no steps recorded there
     assert lines_of(run, 0) == []
     worker = lines_of(run, 1)
@@ -285,9 +299,30 @@ def test_keras_asynchronous_easgd_records_the_worker(tmp_path):
     assert_summary_sums_lines(run, 2)
 
 
+GRAPH_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def graph_recorded(tmp_path_factory):
+    """``graph_recorded(lib)``: graph_record.py's results and run
+    directories on 2 ranks for both entries, one launch per library:
+    ``{entry: (ranks' results, run)}``."""
+    def launch(lib):
+        runs = tmp_path_factory.mktemp(f"{lib}-runs")
+        configs = {entry: ("--lib", lib, "--entry", entry, "--run-dir",
+                           runs / entry, "--steps", GRAPH_STEPS)
+                   for entry in ("updates", "grads")}
+        results = run_mpi_configs("graph_record.py", 2,
+                                  tmp_path_factory.mktemp(lib), configs,
+                                  timeout=420)
+        return {entry: (results[entry], runs / entry) for entry in configs}
+
+    return once_per_key(launch)
+
+
 @pytest.mark.parametrize("lib", ["theano", "pytensor"])
 @pytest.mark.parametrize("entry", ["updates", "grads"])
-def test_graph_adapters_record_each_call(tmp_path, lib, entry):
+def test_graph_adapters_record_each_call(graph_recorded, lib, entry):
     if lib == "theano":
         pytest.importorskip(
             "theano", reason="Theano is tested in .venv-theano (numpy < "
@@ -297,10 +332,8 @@ def test_graph_adapters_record_each_call(tmp_path, lib, entry):
         pytest.importorskip(
             "pytensor", reason="PyTensor is tested in .venv (numpy 2); "
             "`make test` runs this file there too")
-    run, steps = tmp_path / "run", 6
-    ranks = run_mpi_json("graph_record.py", 2, tmp_path, "--lib", lib,
-                         "--entry", entry, "--run-dir", run, "--steps", steps,
-                         timeout=300)
+    steps = GRAPH_STEPS
+    ranks, run = graph_recorded(lib)[entry]
     for rank, result in enumerate(ranks):
         lines = lines_of(run, rank)
         assert len(lines) == steps
