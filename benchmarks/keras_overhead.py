@@ -27,6 +27,7 @@ otherwise (the same count in both ways).
 Launch::
 
     mpiexec -n 2 python benchmarks/keras_overhead.py
+    mpiexec -n 2 python benchmarks/keras_overhead.py --backend jax
     mpiexec -n 2 python benchmarks/keras_overhead.py --batch-size 16 \\
         --steps 6 --repeats 6 --json overhead.json
     python benchmarks/keras_overhead.py --help
@@ -40,11 +41,13 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("TMPI_NUM_THREADS", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "zoo"))
+from keras_backend import BACKENDS, backend_from_argv  # noqa: E402
+
+backend_from_argv()     # before import keras
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -70,6 +73,8 @@ class StepTimer(keras.callbacks.Callback):
         self._last = None
 
     def on_train_batch_end(self, batch, logs=None):
+        for value in (logs or {}).values():
+            np.asarray(value)       # JAX dispatches ahead: wait for the step
         now = time.perf_counter()
         if self._last is not None:
             self.steps.append(now - self._last)
@@ -78,6 +83,10 @@ class StepTimer(keras.callbacks.Callback):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", choices=BACKENDS,
+                   default=os.environ.get("KERAS_BACKEND", "torch"),
+                   help="Keras backend, its default compiled step (default: "
+                        "$KERAS_BACKEND, else torch)")
     p.add_argument("--depth", type=int, default=16, help="6n+4 (default 16)")
     p.add_argument("--width", type=int, default=4, help="default 4")
     p.add_argument("--input-size", type=int, default=32,

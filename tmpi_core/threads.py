@@ -18,8 +18,13 @@ __all__ = ["POOL_VARS", "USER_THREAD_VARS", "limit_at_startup",
 
 #: What a user sets to choose the thread count (either wins).
 USER_THREAD_VARS = ("TMPI_NUM_THREADS", "OMP_NUM_THREADS")
-#: What tmpi sets, for the libraries that read one of them.
-POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: What tmpi sets, for the libraries that read one of them (TensorFlow
+#: reads its own).
+POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+             "TF_NUM_INTRAOP_THREADS")
+#: XLA's CPU backend (JAX) has no thread-count variable; at one thread per
+#: rank its multi-threaded Eigen kernels are switched off.
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 #: Set next to them: the values are tmpi's, not the user's.
 MARK = "_TMPI_THREADS_SET"
 
@@ -74,5 +79,8 @@ def limit_at_startup(environ=None, cores=None):
     for var in POOL_VARS:
         if not env.get(var):
             env[var] = str(threads)
+    flags = env.get("XLA_FLAGS", "")
+    if threads == 1 and XLA_ONE_THREAD.split("=")[0] not in flags:
+        env["XLA_FLAGS"] = f"{flags} {XLA_ONE_THREAD}".strip()
     env[MARK] = "1"
     return threads

@@ -3,6 +3,7 @@
 Launch (2 ranks, bundled digits, about a minute on a laptop)::
 
     mpiexec -n 2 python zoo/keras_wresnet.py
+    mpiexec -n 2 python zoo/keras_wresnet.py --backend jax
     mpiexec -n 4 python zoo/keras_wresnet.py --depth 16 --width 4 \\
         --data cifar10 --data-dir ~/data/cifar-10-batches-py --epochs 30
     python zoo/keras_wresnet.py --help
@@ -20,8 +21,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from keras_backend import BACKENDS, backend_from_argv  # noqa: E402
+
+backend_from_argv()     # before import keras
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -88,6 +92,9 @@ def wide_resnet(input_shape, classes, *, depth=10, width=2, dropout=0.0,
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--backend", choices=BACKENDS,
+                   default=os.environ.get("KERAS_BACKEND", "torch"),
+                   help="Keras backend (default: $KERAS_BACKEND, else torch)")
     p.add_argument("--depth", type=int, default=10, help="6n+4 (default 10)")
     p.add_argument("--width", type=int, default=2, help="widening factor k")
     p.add_argument("--dropout", type=float, default=0.0)

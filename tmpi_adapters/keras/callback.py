@@ -39,10 +39,14 @@ class TMPISync(keras.callbacks.Callback):
     rank holds the center. ``synchronous=True`` trains on every rank and
     averages logs as BSP does.
 
-    Gradient averaging (``TMPISync('bsp')``, ``mode='grads'``) needs an
-    eagerly run train step: the torch backend (default ``jit_compile``) or
-    ``model.compile(run_eagerly=True)`` on JAX/TensorFlow. A jitted step
-    raises a ``ValueError`` at train begin instead of silently training
+    Every Keras 3 backend, with its default train step: gradient averaging
+    (``TMPISync('bsp')``, ``mode='grads'``) runs eagerly on torch, and from
+    inside the compiled step on JAX (an ordered host callback in the jitted
+    step) and TensorFlow (a ``tf.numpy_function`` in the ``tf.function``;
+    a step XLA would compile is compiled without XLA, with a warning). The
+    step is traced again at train begin with the exchange in it, and
+    without it after ``fit``. torch's ``jit_compile=True`` raises a
+    ``ValueError`` at train begin instead of silently training
     unsynchronised; ``mode='params'`` works everywhere.
 
     Checkpoints (``checkpoint=DIR``): rank 0 writes the model, optimizer
@@ -131,6 +135,8 @@ class TMPISync(keras.callbacks.Callback):
         self._batch = 0
         self._uneven = None
         self._cut_epoch = False
+        self._accumulate = None
+        self._retraced = False
         if record is not None:
             self.rule.recorder = make_recorder(record, comm=comm)
         self.state = TrainingState(self.rule, KerasIO(None, None),
@@ -198,15 +204,8 @@ class TMPISync(keras.callbacks.Callback):
         model = self.model
         self._in_fit = True
         grads_rule = self.rule.exchanges_gradients
-        if grads_rule and not _bridge.runs_eagerly(model):
-            raise ValueError(
-                f"TMPISync({self.rule.name!r}, mode='grads') averages "
-                "gradients between backward pass and update, which needs an "
-                f"eager train step; the {_bridge.backend_name()} backend "
-                "compiles it here (jit_compile). Compile the model with "
-                "run_eagerly=True (or jit_compile=False on torch), or use "
-                "mode='params'"
-            )
+        if grads_rule:
+            self._reach_gradients(model)
         self._check_same_steps(
             self.params.get("steps") if self.params else None, "training")
         self._weights = _bridge.float_weights(model)
@@ -226,19 +225,26 @@ class TMPISync(keras.callbacks.Callback):
                 f"gradient_accumulation_steps={accumulate}: each backward "
                 "pass would exchange; drop overlap (the exchange then runs "
                 "once per applied update)")
+        self._accumulate = accumulate
         if grads_rule and accumulate:
             self._remove_hook = _bridge.install_gradient_hook(
-                model.optimizer, self._exchange_accumulated)
+                model.optimizer, self._exchange_accumulated,
+                accumulators=True)
         elif grads_rule and self.overlap:
             self._start_buckets(model)
             self._remove_hook = _bridge.install_gradient_hook(
                 model.optimizer, self._finish_buckets)
         elif grads_rule:
             self._remove_hook = _bridge.install_gradient_hook(
-                model.optimizer, self.rule.on_gradients)
+                model.optimizer, self._exchange)
         elif self._uneven is not None:
             self._remove_hook = _bridge.install_gradient_hook(
                 model.optimizer, self._skip_without_batch)
+        if self._remove_hook is not None and not _bridge.runs_eagerly(model):
+            # a compiled step is traced once: trace it again with the hook
+            # (and again without it after fit)
+            model.make_train_function(force=True)
+            self._retraced = True
         if self.rule.lr_scaling is not None:
             self._start_lr_scaling()
 
@@ -271,8 +277,11 @@ class TMPISync(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._role() == "server":
             return
+        if self._remove_hook is not None:
+            _bridge.wait_for_step()     # its exchange ran on every rank
         new = self.rule.end_step(self._read_weights)
         if new is not None:
+            _bridge.sync_model_state(self.model)
             _bridge.write(self._weights, new)
         self.rule.has_batch = True
         if self.rule.recorder is not None:
@@ -334,6 +343,9 @@ class TMPISync(keras.callbacks.Callback):
         if self._remove_hook is not None:
             self._remove_hook()
             self._remove_hook = None
+        if self._retraced:
+            self.model.train_function = None    # Keras traces it afresh
+            self._retraced = False
         self._stop_buckets()
         state = self.state
         _bridge.write(self._weights,
@@ -356,19 +368,43 @@ class TMPISync(keras.callbacks.Callback):
         if interrupted:
             raise state.interruption()
 
-    def _exchange_accumulated(self, grads):
+    def _reach_gradients(self, model):
+        # Gradient averaging runs between backward pass and update: eagerly,
+        # or from inside the compiled step on JAX and TensorFlow.
+        backend = _bridge.backend_name()
+        if backend == "tensorflow" and not _bridge.runs_eagerly(model) \
+                and model.jit_compile:
+            # numpy_function cannot run under XLA: compile the step without
+            # it (XLA is Keras' default on a GPU only)
+            warnings.warn(
+                f"TMPISync({self.rule.name!r}, mode='grads') exchanges "
+                "gradients on the host from inside the train step, which XLA "
+                "cannot compile: the train step is compiled with "
+                "jit_compile=False", stacklevel=3)
+            model.jit_compile = False
+        if not _bridge.can_exchange_gradients(model):
+            raise ValueError(
+                f"TMPISync({self.rule.name!r}, mode='grads') averages "
+                "gradients between backward pass and update, which the "
+                f"{backend} backend's compiled step (jit_compile=True) does "
+                "not let out; compile the model with jit_compile=False, or "
+                "use mode='params'")
+
+    def _exchange(self, grads, accumulated=None, iteration=None):
+        return self.rule.on_gradients(grads)
+
+    def _exchange_accumulated(self, grads, accumulated, iteration):
         # The optimizer's gradient_accumulation_steps: Keras adds each
         # step's gradients to its accumulators and updates every N steps
         # with (g + acc) / N. Exchange once per update: on that step the
         # local total g + acc is averaged across ranks, and Keras is handed
         # avg - acc, so that its (g' + acc) / N is the global average / N.
-        optimizer = self.model.optimizer
-        steps = optimizer.gradient_accumulation_steps
-        # Keras' own test of an update step; its public ``iterations``
-        # counts updates (// steps) when accumulating
-        if (int(np.asarray(optimizer._iterations.numpy())) + 1) % steps:
+        steps = self._accumulate
+        # Keras' own test of an update step (``iteration`` is the
+        # optimizer's step counter; its public ``iterations`` counts
+        # updates when accumulating)
+        if (iteration + 1) % steps:
             return grads                    # accumulate locally
-        accumulated = _bridge.read(_bridge.accumulators(optimizer))
         totals = [g + a for g, a in zip(grads, accumulated)]
         averaged = self.rule.on_gradients(totals)
         if averaged is None:
@@ -400,7 +436,7 @@ class TMPISync(keras.callbacks.Callback):
         self._grad_hooks = [v.value.register_post_accumulate_grad_hook(
             hook_for(i)) for i, v in enumerate(variables)]
 
-    def _finish_buckets(self, grads):
+    def _finish_buckets(self, grads, accumulated=None, iteration=None):
         # the optimizer's apply: every bucket started during backward
         buckets = self._buckets
         if not buckets.pending():
@@ -415,7 +451,7 @@ class TMPISync(keras.callbacks.Callback):
             self._buckets.free()
             self._buckets = None
 
-    def _skip_without_batch(self, grads):
+    def _skip_without_batch(self, grads, accumulated=None, iteration=None):
         # uneven data, a rule that does not average gradients: a rank
         # without a batch of its own applies no update
         return grads if self.rule.has_batch else None
@@ -425,6 +461,7 @@ class TMPISync(keras.callbacks.Callback):
         return self.rule.role
 
     def _read_weights(self):
+        _bridge.sync_model_state(self.model)
         return _bridge.read(self._weights)
 
     def _record(self, logs):
@@ -449,7 +486,9 @@ class TMPISync(keras.callbacks.Callback):
             steps_per_epoch=self.params.get("steps") if self.params else None,
             start_epoch=int(restored.meta["epoch"]) if restored else 0)
         self.model.stop_training = True
-        self._server_step = lambda data: {}
+        # JAX's step takes and returns the training state as well
+        self._server_step = lambda *args: {} if len(args) == 1 \
+            else ({}, args[0])
         self.model.train_function = self._server_step
 
     def _gather(self, point, value):
