@@ -17,23 +17,28 @@ import re
 import numpy as np
 import pytest
 
-from mpirun import ROOT, SCRIPTS, run_mpi, run_mpi_json
+from mpirun import ROOT, SCRIPTS, run_mpi, run_mpi_configs
 
 pytestmark = pytest.mark.theano
 
 RANKS, STEPS, BATCH = 2, 4, 8
-RUNS = [
-    # 2 epochs, then resumed to 4 from its checkpoint by "resumed"
-    {"name": "bsp", "monitor": True, "blocks_checkpoint": True,
-     "checkpoint": "ck"},
-    {"name": "resumed", "seed": 200, "epochs": 4, "checkpoint": "ck"},
-    {"name": "uneven", "step_rule": "momentum", "short": 2, "epochs": 1,
-     "options": {"mode": "params"}},
-    {"name": "easgd", "rule": "easgd", "step_rule": "momentum",
-     "options": {"tau": 2}},
-    {"name": "gosgd", "rule": "gosgd", "step_rule": "momentum",
-     "monitor": True, "options": {"p": 0.5, "seed": 1}},
-]
+
+
+def _configs(checkpoint):
+    """The main loops of the shared launch: blocks_fit.py's options."""
+    return {
+        # 2 epochs, then resumed to 4 from its checkpoint by "resumed"
+        "bsp": ["--monitor", "--blocks-checkpoint", "--checkpoint",
+                checkpoint],
+        "resumed": ["--seed", 200, "--epochs", 4, "--checkpoint",
+                    checkpoint],
+        "uneven": ["--step-rule", "momentum", "--short", 2, "--epochs", 1,
+                   "--options", json.dumps({"mode": "params"})],
+        "easgd": ["--rule", "easgd", "--step-rule", "momentum",
+                  "--options", json.dumps({"tau": 2})],
+        "gosgd": ["--rule", "gosgd", "--step-rule", "momentum", "--monitor",
+                  "--options", json.dumps({"p": 0.5, "seed": 1})],
+    }
 
 
 def _blocks_model():
@@ -56,12 +61,13 @@ def _blocks_model():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Every run of :data:`RUNS` on 2 ranks: ``(out_dir, per-rank dicts)``."""
+    """Every configuration of :func:`_configs` in one job on 2 ranks:
+    ``(out_dir, {name: [rank results]})``."""
     _blocks_model()
     tmp = tmp_path_factory.mktemp("blocks")
-    ranks = run_mpi_json("blocks_fit.py", RANKS, tmp, "--runs",
-                         json.dumps(RUNS), timeout=420)
-    return tmp / "out", ranks
+    out = tmp / "out"
+    return out, run_mpi_configs("blocks_fit.py", RANKS, out,
+                                _configs(tmp / "ck"), timeout=420)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +121,7 @@ def _check_equal_ranks(results):
 
 def test_bsp_on_two_ranks_equals_one_process_on_the_doubled_batch(
         trained, reference):
-    _, ranks = trained
-    runs = [r["bsp"] for r in ranks]
+    runs = trained[1]["bsp"]
     # ranks started from different weights; rank 0's were broadcast
     assert np.abs(_flat(runs[0]["initial"])
                   - _flat(runs[1]["initial"])).max() > 0.1
@@ -130,9 +135,8 @@ def test_bsp_on_two_ranks_equals_one_process_on_the_doubled_batch(
 
 
 def test_training_data_monitoring_is_the_mean_over_ranks(trained):
-    _, ranks = trained
     for name in ("bsp", "gosgd"):
-        runs = [r[name] for r in ranks]
+        runs = trained[1][name]
         # each rank's own epoch mean of the cost of its batches
         local = [np.reshape(r["local_costs"], (2, STEPS)).mean(axis=1)
                  for r in runs]
@@ -145,14 +149,14 @@ def test_training_data_monitoring_is_the_mean_over_ranks(trained):
 
 def test_blocks_checkpoint_on_rank_0_only_and_tmpi_resume(trained,
                                                           reference):
-    out, ranks = trained
+    out, results = trained
     from blocks.serialization import load_parameters
 
     # Blocks' Checkpoint: written by rank 0 alone, the final model in it
-    assert not (out / "bsp-blocks1.tar").exists()
-    with open(out / "bsp-blocks0.tar", "rb") as f:
+    assert not (out / "bsp" / "blocks1.tar").exists()
+    with open(out / "bsp" / "blocks0.tar", "rb") as f:
         saved = load_parameters(f)
-    final = [np.asarray(p) for p in ranks[0]["bsp"]["params"]]
+    final = [np.asarray(p) for p in results["bsp"][0]["params"]]
     assert len(saved) == len(final)
     for value in saved.values():
         assert any(value.shape == f.shape and np.array_equal(value, f)
@@ -160,8 +164,7 @@ def test_blocks_checkpoint_on_rank_0_only_and_tmpi_resume(trained,
     # tmpi's checkpoint: a new main loop (other initial weights) resumes
     # at epoch 2 and ends where 4 uninterrupted epochs end
     want = reference("adam", 4)[-1]
-    for r in ranks:
-        run = r["resumed"]
+    for run in results["resumed"]:
         assert run["steps"] == 2 * STEPS            # epochs 3 and 4 only
         assert run["iterations_done"] == 4 * STEPS
         assert run["epochs_done"] == 4
@@ -170,8 +173,7 @@ def test_blocks_checkpoint_on_rank_0_only_and_tmpi_resume(trained,
 
 
 def test_uneven_fuel_streams_end_every_epoch_together(trained, reference):
-    _, ranks = trained
-    runs = [r["uneven"] for r in ranks]
+    runs = trained[1]["uneven"]
     # the last rank holds 2 batches fewer; both run STEPS steps, and BSP
     # (parameters, momentum) averages only the ranks that had a batch
     for run in runs:
@@ -185,8 +187,7 @@ def test_uneven_fuel_streams_end_every_epoch_together(trained, reference):
 
 @pytest.mark.parametrize("rule", ["easgd", "gosgd"])
 def test_easgd_and_gosgd_through_the_extension(trained, rule):
-    _, ranks = trained
-    runs = [r[rule] for r in ranks]
+    runs = trained[1][rule]
     if rule == "easgd":
         # asynchronous: rank 0 serves the center and trains not
         assert runs[0]["steps"] == 0
@@ -204,9 +205,8 @@ def test_easgd_and_gosgd_through_the_extension(trained, rule):
 
 def test_models_that_differ_fail_on_every_rank(tmp_path):
     _blocks_model()
-    runs = [{"name": "mismatch", "hidden": [16, 17]}]
-    proc = run_mpi("blocks_fit.py", RANKS, "--out", tmp_path, "--runs",
-                   json.dumps(runs), check=False, timeout=180)
+    proc = run_mpi("blocks_fit.py", RANKS, "--out", tmp_path, "--hidden",
+                   "16,17", check=False, timeout=180)
     assert proc.returncode != 0
     for rank in range(RANKS):
         error = (tmp_path / f"rank{rank}.err").read_text()

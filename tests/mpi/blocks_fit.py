@@ -1,18 +1,13 @@
-"""Train the Blocks test network with ``TMPISync`` on every rank, once per
-run described in ``--runs``.
+"""Train the Blocks test network with ``TMPISync`` on every rank.
 
-``mpiexec -n P python blocks_fit.py --out DIR --runs JSON``: ``JSON`` is a
-list of runs, each a dict with ``name`` and optionally ``rule``
-(``'bsp'``), ``options`` (the rule's), ``step_rule`` (``'adam'`` or
-``'momentum'``), ``epochs`` (2), ``steps`` (4 batches per epoch),
-``batch`` (8 rows per rank), ``short`` (batches the last rank lacks per
-epoch, 0), ``seed`` (100: rank ``r`` starts from ``seed + r``),
-``hidden`` (one count, or one per rank), ``checkpoint`` (a tmpi
-checkpoint directory under DIR), ``monitor`` (TrainingDataMonitoring of
-the cost, and each rank's own batch costs) and ``blocks_checkpoint``
-(Blocks' Checkpoint to ``DIR/<name>-blocks{rank}.tar``). Each run builds
-its network anew; each rank writes ``DIR/rank{r}.json``: per run, its
-parameters before and after, the monitored records and what it counted.
+``mpiexec -n P python blocks_fit.py --out DIR [--rule bsp --options JSON
+--step-rule adam --epochs 2 --steps 4 --batch 8 --short 0 --seed 100
+--hidden 16 --checkpoint CK --monitor --blocks-checkpoint]``, or several
+such runs in turn with ``--configs`` (see :func:`mpirun.fit_each_config`);
+each builds its network anew. Each rank writes ``DIR/rank{r}.json`` with
+its parameters before and after, the monitored records and what it
+counted; ``--blocks-checkpoint`` adds Blocks' Checkpoint to
+``DIR/blocks{rank}.tar``.
 """
 
 import argparse
@@ -22,7 +17,7 @@ import os
 import numpy as np
 
 from blocks_model import build, data, rank_rows, stream, values
-from mpirun import note_errors_per_rank
+from mpirun import fit_each_config, note_errors_per_rank
 
 import theano
 from blocks.extensions import FinishAfter, SimpleExtension
@@ -32,14 +27,28 @@ from blocks.main_loop import MainLoop
 from tmpi_adapters.blocks import TMPISync
 from tmpi_core import get_context
 
-p = argparse.ArgumentParser()
-p.add_argument("--out", required=True)
-p.add_argument("--runs", required=True, help="JSON list of runs")
-args = p.parse_args()
-
 ctx = get_context()
 rank, ranks = ctx.rank, ctx.size
-note_errors_per_rank(args.out, rank)
+
+p = argparse.ArgumentParser()
+p.add_argument("--out", required=True)
+p.add_argument("--rule", default="bsp")
+p.add_argument("--options", default="{}", help="JSON options of --rule")
+p.add_argument("--step-rule", default="adam")
+p.add_argument("--epochs", type=int, default=2)
+p.add_argument("--steps", type=int, default=4, help="batches per epoch")
+p.add_argument("--batch", type=int, default=8, help="rows per rank")
+p.add_argument("--short", type=int, default=0,
+               help="batches the last rank lacks per epoch")
+p.add_argument("--seed", type=int, default=100,
+               help="rank r starts from the weights of seed + r")
+p.add_argument("--hidden", default="16",
+               help="hidden units, or one count per rank: 16,17")
+p.add_argument("--checkpoint", default=None, help="tmpi checkpoint dir")
+p.add_argument("--monitor", action="store_true",
+               help="TrainingDataMonitoring, and each rank's own costs")
+p.add_argument("--blocks-checkpoint", action="store_true",
+               help="Blocks' Checkpoint to DIR/blocks{rank}.tar")
 
 
 class Record(SimpleExtension):
@@ -67,49 +76,43 @@ class Record(SimpleExtension):
                 float(self.main_loop.log.current_row["cost"]))
 
 
-def train(run):
-    """One main loop as ``run`` says; returns this rank's record of it."""
-    steps, batch = run.get("steps", 4), run.get("batch", 8)
-    hidden = run.get("hidden", 16)
-    hidden = hidden[rank] if isinstance(hidden, list) else hidden
+def fit(args):
+    """One main loop as ``args`` say; writes this rank's record of it."""
+    note_errors_per_rank(args.out, rank)
+    hidden = [int(h) for h in args.hidden.split(",")]
     # Ranks start from different weights: TMPISync must broadcast rank 0's.
     cost, model, algorithm, inputs = build(
-        run.get("seed", 100) + rank, run.get("step_rule", "adam"),
-        hidden=hidden)
+        args.seed + rank, args.step_rule, hidden=hidden[rank % len(hidden)])
     params = algorithm.parameters
-    x, y = data(steps, batch, ranks)
-    own = steps - (run.get("short", 0) if rank == ranks - 1 else 0)
-    rows = rank_rows(own, batch, ranks, rank)
+    x, y = data(args.steps, args.batch, ranks)
+    own = args.steps - (args.short if rank == ranks - 1 else 0)
+    rows = rank_rows(own, args.batch, ranks, rank)
     initial = values(params)
-    checkpoint = run.get("checkpoint")
-    sync = TMPISync(run.get("rule", "bsp"),
-                    checkpoint=(os.path.join(args.out, checkpoint)
-                                if checkpoint else None),
-                    **run.get("options", {}))
+    sync = TMPISync(args.rule, checkpoint=args.checkpoint,
+                    **json.loads(args.options))
     extensions = [sync]
     record = Record()
-    if run.get("monitor"):
+    if args.monitor:
         extensions.append(TrainingDataMonitoring([cost], after_epoch=True))
         record = Record(theano.function(list(inputs), cost))
-    extensions += [record, FinishAfter(after_n_epochs=run.get("epochs", 2))]
-    if run.get("blocks_checkpoint"):
+    extensions += [record, FinishAfter(after_n_epochs=args.epochs)]
+    if args.blocks_checkpoint:
         extensions.append(Checkpoint(
-            os.path.join(args.out, f"{run['name']}-blocks{rank}.tar"),
-            after_training=True))
-    main_loop = MainLoop(algorithm, stream(x[rows], y[rows], batch),
+            os.path.join(args.out, f"blocks{rank}.tar"), after_training=True))
+    main_loop = MainLoop(algorithm, stream(x[rows], y[rows], args.batch),
                          model=model, extensions=extensions)
     main_loop.run()
     status = main_loop.log.status
-    return {"initial": initial, "params": values(params),
-            "steps": record.steps, "epoch_costs": record.epoch_costs,
-            "local_costs": record.local_costs,
-            "iterations_done": status["iterations_done"],
-            "epochs_done": status["epochs_done"],
-            "rule_steps": sync.rule.step,
-            "total_weight": getattr(sync.rule, "total_weight", None),
-            "dtype": str(np.asarray(params[0].get_value()).dtype)}
+    result = {"initial": initial, "params": values(params),
+              "steps": record.steps, "epoch_costs": record.epoch_costs,
+              "local_costs": record.local_costs,
+              "iterations_done": status["iterations_done"],
+              "epochs_done": status["epochs_done"],
+              "rule_steps": sync.rule.step,
+              "total_weight": getattr(sync.rule, "total_weight", None),
+              "dtype": str(np.asarray(params[0].get_value()).dtype)}
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
 
 
-results = {run["name"]: train(run) for run in json.loads(args.runs)}
-with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-    json.dump(results, f)
+fit_each_config(p, fit, lambda: rank)
