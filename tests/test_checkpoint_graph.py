@@ -1,4 +1,8 @@
-"""Checkpoint and resume through the Theano/Lasagne and PyTensor adapters."""
+"""Checkpoint and resume through the Theano/Lasagne and PyTensor adapters.
+
+A library's uninterrupted reference runs share one launch (fixture
+``uninterrupted``); killed, resumed and interrupted runs have their own.
+"""
 
 import os
 import time
@@ -6,11 +10,13 @@ import time
 import numpy as np
 import pytest
 
-from mpirun import run_mpi, run_mpi_interrupted, run_mpi_json
+from mpirun import (once_per_key, run_mpi, run_mpi_configs,
+                    run_mpi_interrupted, run_mpi_json)
 from test_graph_adapters import _lib
 from tmpi_core.checkpoint import read_checkpoint
 
 LIBS = ["pytensor", "theano"]
+RESUMED = [("updates", "momentum"), ("grads", "adam")]
 
 
 def _latest(ckpt):
@@ -18,26 +24,45 @@ def _latest(ckpt):
     return read_checkpoint(os.path.join(ckpt, names[-1]))
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """``uninterrupted(lib)``: graph_ckpt.py's uninterrupted runs on 2
+    ranks for every (entry, optimizer) of RESUMED, one launch per library,
+    by ``"entry-optimizer"``."""
+    def launch(lib):
+        refs = tmp_path_factory.mktemp(f"{lib}-ref")
+        return run_mpi_configs(
+            "graph_ckpt.py", 2, tmp_path_factory.mktemp(lib),
+            {f"{entry}-{optimizer}": (
+                "--lib", lib, "--entry", entry, "--optimizer", optimizer,
+                "--ckpt", refs / f"{entry}-{optimizer}")
+             for entry, optimizer in RESUMED}, timeout=420)
+
+    return once_per_key(launch)
+
+
 @pytest.mark.parametrize("lib", LIBS)
-@pytest.mark.parametrize("entry,optimizer", [("updates", "momentum"),
-                                             ("grads", "adam")])
-def test_resume_after_kill_equals_uninterrupted(tmp_path, lib, entry,
-                                                optimizer):
+@pytest.mark.parametrize("entry,optimizer", RESUMED)
+def test_resume_after_kill_equals_uninterrupted(tmp_path, uninterrupted, lib,
+                                                entry, optimizer):
     _lib(lib)
-    check_resume_after_kill(tmp_path, lib, entry, optimizer)
+    check_resume_after_kill(
+        tmp_path, lib, entry, optimizer,
+        reference=uninterrupted(lib)[f"{entry}-{optimizer}"])
 
 
 def check_resume_after_kill(tmp_path, lib, entry, optimizer, *, run=None,
-                            run_json=None):
+                            run_json=None, reference=None):
     """Uninterrupted, killed at epoch 2 (the last rank), resumed: the
     resumed run ends where the uninterrupted one did. ``run`` and
     ``run_json`` launch as ``run_mpi`` and ``run_mpi_json`` (the defaults)
-    do."""
+    do; ``reference``: the uninterrupted run's results if already run."""
     run = run_mpi if run is None else run
     run_json = run_mpi_json if run_json is None else run_json
     common = ("--lib", lib, "--entry", entry, "--optimizer", optimizer)
-    reference = run_json("graph_ckpt.py", 2, tmp_path / "a",
-                         "--ckpt", tmp_path / "ref", *common)
+    if reference is None:
+        reference = run_json("graph_ckpt.py", 2, tmp_path / "a",
+                             "--ckpt", tmp_path / "ref", *common)
     ckpt = tmp_path / "ckpt"
     (tmp_path / "b").mkdir()
     proc = run("graph_ckpt.py", 2, "--out", tmp_path / "b", "--ckpt",
