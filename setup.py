@@ -36,7 +36,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["tmpi_core", "tmpi_core.*",
-                                    "tmpi_adapters", "tmpi_adapters.*"]),
+                                    "tmpi_adapters", "tmpi_adapters.*",
+                                    "tmpi_layers", "tmpi_layers.*"]),
     install_requires=["numpy", "mpi4py>=4"],
     # Sets Theano's BLAS flags and Lasagne 0.1's downsample alias at
     # interpreter start, before a user's `import theano`; a no-op without
