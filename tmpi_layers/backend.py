@@ -13,6 +13,7 @@ takes PyTensor if it imports, else Theano.
 
 import functools
 import importlib.util
+import os
 
 import numpy as np
 
@@ -193,10 +194,9 @@ class Backend:
 
 
 def _user_chose_pytensor_mode():
-    import os
-
-    flags = os.environ.get("PYTENSOR_FLAGS", "")
-    return "linker" in flags or "mode" in flags
+    keys = {item.split("=")[0].strip()
+            for item in os.environ.get("PYTENSOR_FLAGS", "").split(",")}
+    return bool(keys & {"linker", "mode"})
 
 
 @functools.lru_cache(maxsize=None)
