@@ -137,6 +137,7 @@ class TMPISync(keras.callbacks.Callback):
         self._cut_epoch = False
         self._accumulate = None
         self._retraced = False
+        self._stats_averaged = False
         if record is not None:
             self.rule.recorder = make_recorder(record, comm=comm)
         self.state = TrainingState(self.rule, KerasIO(None, None),
@@ -284,6 +285,7 @@ class TMPISync(keras.callbacks.Callback):
             _bridge.sync_model_state(self.model)
             _bridge.write(self._weights, new)
         self.rule.has_batch = True
+        self._stats_averaged = False
         if self.rule.recorder is not None:
             self._record(logs)
         self._batch = batch + 1
@@ -321,6 +323,8 @@ class TMPISync(keras.callbacks.Callback):
             steps = getattr(iterator, "num_batches", None)
         self._check_same_steps(steps, "evaluation")
         self._last_test_batch = steps - 1 if steps else None
+        if self._in_fit:
+            self._average_statistics()
 
     def on_test_batch_end(self, batch, logs=None):
         if self._global_metrics() and batch == self._last_test_batch:
@@ -335,6 +339,8 @@ class TMPISync(keras.callbacks.Callback):
                 self.model.stop_training = False
         if self._global_metrics() and logs:
             self._average_logs(logs)
+        # before any checkpoint of this epoch (tmpi's, ModelCheckpoint's)
+        self._average_statistics()
         if self._backup is not None:
             self._backup.on_epoch_end(epoch, logs)
 
@@ -563,10 +569,32 @@ class TMPISync(keras.callbacks.Callback):
         except ValueError as e:
             raise ValueError(f"{e}: compile it with the same loss and "
                              "metrics on every rank") from None
+        self._reduce(variables, values)
+
+    def _average_statistics(self):
+        # Batch-norm moving statistics (the model's non-trainable float
+        # weights) are every rank's own during training. Validation and
+        # checkpoints see their mean over ranks, as the final model does.
+        # They are running averages, linear in each step's batch moments,
+        # so averaging them now and again ends where one average at the
+        # end would; the trainable weights never read them in training.
+        if self._stats_averaged or self._role() != "peer" \
+                or not self.rule.lockstep:
+            return
+        _bridge.sync_model_state(self.model)
+        variables = [v for v in _bridge.float_weights(self.model)
+                     if not v.trainable]
+        self._reduce(variables, _bridge.read(variables), mean=True)
+        self._stats_averaged = True
+
+    def _reduce(self, variables, values, mean=False):
+        # one allreduce (sum or mean) over ranks of all the variables
         if not variables:
             return
         flat = np.concatenate([np.ravel(a).astype(np.float64) for a in values])
         self.ctx.allreduce_sum(flat)
+        if mean:
+            flat /= self.ctx.size
         offset = 0
         for v, a in zip(variables, values):
             n = a.size
