@@ -17,7 +17,12 @@ When Theano is installed it also
   on numpy 1.23);
 * keeps Theano's compile cache inside the environment (``sys.prefix``);
 * serves ``theano.tensor.signal.downsample`` (renamed ``pool`` in Theano
-  0.9, still imported by Lasagne 0.1) from :mod:`tmpi_adapters.lasagne_compat`.
+  0.9, still imported by Lasagne 0.1) from :mod:`tmpi_adapters.lasagne_compat`;
+* right after ``import theano``, lets Theano's compile cache keep the C
+  modules it would compile again in every process (ops without
+  ``__props__``, ``DimShuffle``'s salted hash):
+  :func:`tmpi_adapters.theano_cache.install` (``TMPI_THEANO_CACHE=0``
+  turns this part off).
 
 Flags are put *before* any ``THEANO_FLAGS`` the user set, so the user's win.
 ``TMPI_THEANO_ENV=0`` turns all of this off.
@@ -84,6 +89,55 @@ class _DownsampleAlias:
         fill_downsample_module(module)
 
 
+class _TheanoImportHook:
+    """Finder that runs :func:`tmpi_adapters.theano_cache.install` once
+    ``import theano`` has finished.
+
+    First in ``sys.meta_path``: for ``theano`` it asks the other finders
+    for the real spec and wraps its loader's ``exec_module``; the module's
+    ``__loader__`` is the real loader again afterwards. Any other name it
+    leaves to the other finders.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "theano":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        spec.loader = _PatchAfterExec(loader)
+        return spec
+
+
+class _PatchAfterExec:
+    """Loader wrapper: the real loader's module, then the cache patch."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        spec = module.__spec__
+        spec.loader = module.__loader__ = self.loader
+        self.loader.exec_module(module)
+        try:
+            from tmpi_adapters.theano_cache import install
+
+            install()
+        except Exception:  # the cache is an optimisation: never break import
+            pass
+
+
 def _limit_threads():
     # tmpi_core/threads.py by path: importing the package would import
     # numpy, and with it a BLAS pool, before the limit is set.
@@ -120,6 +174,10 @@ def _setup():
         os.environ["_TMPI_THEANO_FLAGS_SET"] = "1"
     if not any(isinstance(f, _DownsampleAlias) for f in sys.meta_path):
         sys.meta_path.append(_DownsampleAlias())
+    if os.environ.get("TMPI_THEANO_CACHE", "1") != "0" and \
+            "theano" not in sys.modules and \
+            not any(isinstance(f, _TheanoImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TheanoImportHook())
 
 
 try:
