@@ -159,7 +159,13 @@ def install():
     original = cc.CLinker.cmodule_key
 
     def cmodule_key(self):
-        return versioned_key(self, original(self))
+        key = original(self)
+        try:
+            return versioned_key(self, key)
+        except Exception:
+            # Theano's own key (unversioned: compiled per process) is always
+            # a correct one; a failure here must not cost more than speed.
+            return key
 
     cmodule_key.__doc__ = ("Theano's CLinker.cmodule_key, versioned by "
                            "tmpi_adapters.theano_cache.versioned_key.")
