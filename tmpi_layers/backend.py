@@ -85,7 +85,8 @@ class Backend:
                                  on_unused_input="ignore", mode=mode)
 
     def grad(self, cost, wrt):
-        """Symbolic gradients of the scalar ``cost`` with respect to ``wrt``."""
+        """Symbolic gradients of the scalar ``cost`` with respect to
+        ``wrt``."""
         return self.T.grad(cost, wrt)
 
     def input(self, ndim, name):

@@ -434,7 +434,8 @@ class BatchNorm(Layer):
                 f"{self.label} takes (features,) or (channels, height, "
                 f"width) inputs, got shape {in_shape}")
         shape = (in_shape[0],)
-        self.gamma = self._add_param(builder.variable(self, "gamma", 1.0, shape))
+        self.gamma = self._add_param(
+            builder.variable(self, "gamma", 1.0, shape))
         self.beta = self._add_param(builder.variable(self, "beta", 0.0, shape))
         self.mean = self._add_state(builder.variable(self, "mean", 0.0, shape))
         self.var = self._add_state(builder.variable(self, "var", 1.0, shape))

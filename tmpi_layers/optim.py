@@ -49,7 +49,8 @@ def momentum(grads, params, lib, *, lr, mu=0.9, nesterov=False):
     updates = []
     for p, g in zip(params, grads):
         value = p.get_value(borrow=True)
-        v = lib.shared(np.zeros(value.shape, value.dtype), f"{p.name}.velocity")
+        v = lib.shared(np.zeros(value.shape, value.dtype),
+                       f"{p.name}.velocity")
         v_new = mu * v - lr * g
         updates.append((v, v_new))
         updates.append((p, p + (mu * v_new - lr * g if nesterov else v_new)))
