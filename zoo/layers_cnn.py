@@ -13,7 +13,8 @@ Launch (2 ranks, bundled digits upsampled to 32x32)::
 The models Theano-MPI reported its speedups on, built with
 :mod:`tmpi_layers` (no Lasagne or Keras) on PyTensor (``--lib pytensor``,
 numpy 2) or Theano (``--lib theano``), at a width a CPU trains: AlexNet
-(``--width`` multiplies its channels and dense units, default 1/8) and
+(``--width`` multiplies its channels and dense units, default 1/8; batch
+norm after each convolution unless ``--no-batch-norm``) and
 ResNet-50 (bottleneck blocks [3, 4, 6, 3]; ``--width`` is the first stage's
 inner width, default 8). ``--rule bsp`` averages gradients
 (``--mode params --every k``: parameters every k steps); ``--rule easgd``
@@ -51,6 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--width", type=float, default=None,
                    help="alexnet: channel multiplier (default 0.125);\n"
                         "resnet50: first inner width (default 8)")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="alexnet: batch norm after each convolution\n"
+                        "(default on; --no-batch-norm: the original, which\n"
+                        "needs a smaller --lr)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--lr", type=float, default=0.02)
@@ -132,7 +138,8 @@ def main(argv=None):
     x_tr, y_tr = shard((to_images((x_tr - mean) / std), y_tr), rank, size)
     x_te, y_te = shard((to_images((x_te - mean) / std), y_te), rank, size)
     if args.model == "alexnet":
-        net = models.alexnet(classes, width=args.width or 0.125)
+        net = models.alexnet(classes, width=args.width or 0.125,
+                             batch_norm=args.batch_norm)
     else:
         net = models.resnet50(classes, width=int(args.width or 8))
     model = Model(net, x_tr.shape[1:], lib=args.lib, seed=args.seed + rank)
