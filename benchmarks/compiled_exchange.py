@@ -76,7 +76,7 @@ def _time(ctx, call, repeats):
 
 def mechanisms(ctx, rule, grad):
     """name -> a function that runs one exchange of ``grad``."""
-    calls = {"host (numpy)": lambda: rule.on_gradients([grad])}
+    calls = {"host (numpy)": lambda: rule.on_gradients([grad])[0]}
     if importlib.util.find_spec("jax") is not None:
         calls.update(_jax_calls(rule, grad))
     if importlib.util.find_spec("tensorflow") is not None:
@@ -172,6 +172,16 @@ def main(argv=None):
               f"({args.values * 4 / 2**20:.1f} MiB), strategy "
               f"{args.strategy}, median of {args.repeats} calls, slowest "
               "rank", flush=True)
+    # every mechanism must return the mean over ranks (the ones without
+    # an exchange return the buffer itself)
+    mean = grad.astype(np.float64)
+    ctx.allreduce_sum(mean)
+    mean /= ctx.size
+    for name, call in calls.items():
+        want = grad if "no exchange" in name else mean
+        got = np.asarray(call(), dtype=np.float64).ravel()
+        if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+            raise AssertionError(f"{name} returned a wrong result")
     medians = {name: _time(ctx, call, args.repeats)
                for name, call in calls.items()}
     base = medians["host (numpy)"]

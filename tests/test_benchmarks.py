@@ -114,3 +114,20 @@ def test_guard_overhead_runs():
     proc = run_mpi(os.path.join(ROOT, "benchmarks", "guard_overhead.py"), 2,
                    "--steps", 20, "--blocks", 2, timeout=120)
     assert "on/off" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_compiled_exchange_benchmark_checks_every_mechanism(tmp_path):
+    # each mechanism's result is checked against the mean over ranks
+    # before it is timed: exit 0 means every one exchanged correctly
+    out = tmp_path / "mechanisms.json"
+    run_mpi(os.path.join(ROOT, "benchmarks", "compiled_exchange.py"), 2,
+            "--values", "1000", "--repeats", "3", "--json", out, timeout=300)
+    data = json.loads(out.read_text())
+    names = set(data["median_s"])
+    assert "host (numpy)" in names
+    try:
+        import jax  # noqa: F401
+        assert {"jax.io_callback", "jax.pure_callback"} <= names
+    except ImportError:
+        pass
+    assert data["over_host"]["host (numpy)"] == 1.0
