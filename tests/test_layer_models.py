@@ -69,9 +69,11 @@ RULES = [("easgd", {"tau": 2, "synchronous": False}),
          ("bsp", {"mode": "params", "every": 2})]
 
 
+# ResNet-50's training graph takes minutes to compile on PyTensor: long
 @pytest.mark.parametrize("model,rule,options",
                          [("alexnet",) + r for r in RULES]
-                         + [("resnet50",) + RULES[1]])
+                         + [pytest.param("resnet50", *r, marks=pytest.mark.long)
+                            for r in RULES])
 def test_models_train_under_each_rule(tmp_path, model, rule, options):
     _lib("pytensor")
     ranks = 3 if rule == "easgd" else 2

@@ -365,3 +365,34 @@ def test_bad_shapes_name_the_layer_and_the_shapes(lib):
         model.check_batch(np.zeros((2, 4)), np.array([0, 3]))
     with pytest.raises(ValueError, match="must end in \\(classes,\\) logits"):
         L.Model(L.Sequential([L.Conv2D(2, 1)]), (1, 4, 4), lib=lib)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_alexnet_and_resnet50_have_their_structure(lib):
+    import tmpi_layers as L
+    from tmpi_layers import models
+
+    lib = _lib(lib)
+
+    def walk(layer):
+        yield layer
+        for child in layer.children():
+            yield from walk(child)
+    model = L.Model(models.resnet50(10, width=2), (3, 32, 32), lib=lib)
+    layers = list(walk(model.net))
+    convs = [la for la in layers if isinstance(la, L.Conv2D)]
+    blocks = [la for la in layers if isinstance(la, L.Residual)]
+    # 49 convolutions and the dense layer on the main path (the "50"),
+    # 4 projection shortcuts; bottlenecks [3, 4, 6, 3]
+    assert len(convs) == 53 and len(blocks) == 16
+    assert sum(la.path.endswith(".proj") for la in convs) == 4
+    assert [b.out_shape for b in blocks if b.shortcut is not None] == [
+        (8, 32, 32), (16, 16, 16), (32, 8, 8), (64, 4, 4)]
+    assert model.classes == 10 and model.state
+    model = L.Model(models.alexnet(10, width=1 / 16, batch_norm=False),
+                    (3, 32, 32), lib=lib)
+    convs = [la for la in walk(model.net) if isinstance(la, L.Conv2D)]
+    assert [c.out_shape for c in convs] == [
+        (6, 32, 32), (16, 15, 15), (24, 7, 7), (24, 7, 7), (16, 7, 7)]
+    assert model.net.layers[-1].W.get_value().shape == (256, 10)
+    assert not model.state
