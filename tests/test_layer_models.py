@@ -80,7 +80,8 @@ def test_models_train_under_each_rule(tmp_path, model, rule, options):
     results = run_mpi_json("layers_fit.py", ranks, tmp_path, "--lib",
                            "pytensor", "--model", model, "--rule", rule,
                            "--options", json.dumps(options), "--steps", 4,
-                           "--batch", B, timeout=900)
+                           "--batch", B,
+                           timeout=2400 if model == "resnet50" else 900)
     server = rule == "easgd"
     assert [r["served"] for r in results] == [server] + [False] * (ranks - 1)
     if server:
