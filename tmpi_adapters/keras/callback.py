@@ -137,6 +137,8 @@ class TMPISync(keras.callbacks.Callback):
         self._cut_epoch = False
         self._accumulate = None
         self._retraced = False
+        self._plain_step = self._synced_step = None
+        self._metrics_built = False
         self._stats_averaged = False
         if record is not None:
             self.rule.recorder = make_recorder(record, comm=comm)
@@ -242,10 +244,7 @@ class TMPISync(keras.callbacks.Callback):
             self._remove_hook = _bridge.install_gradient_hook(
                 model.optimizer, self._skip_without_batch)
         if self._remove_hook is not None and not _bridge.runs_eagerly(model):
-            # a compiled step is traced once: trace it again with the hook
-            # (and again without it after fit)
-            model.make_train_function(force=True)
-            self._retraced = True
+            self._use_synced_step(model)
         if self.rule.lr_scaling is not None:
             self._start_lr_scaling()
 
@@ -350,7 +349,9 @@ class TMPISync(keras.callbacks.Callback):
             self._remove_hook()
             self._remove_hook = None
         if self._retraced:
-            self.model.train_function = None    # Keras traces it afresh
+            # the step with the exchange in it stays for the next fit
+            self._synced_step = (self._plain_step, self.model.train_function)
+            self.model.train_function = self._plain_step
             self._retraced = False
         self._stop_buckets()
         state = self.state
@@ -395,6 +396,19 @@ class TMPISync(keras.callbacks.Callback):
                 f"{backend} backend's compiled step (jit_compile=True) does "
                 "not let out; compile the model with jit_compile=False, or "
                 "use mode='params'")
+
+    def _use_synced_step(self, model):
+        # A compiled step is traced once, so it must be traced again with
+        # the hook in it (after fit, Keras' own step comes back). The next
+        # fit reuses this step while Keras' is the same one (a compile()
+        # makes a new one), instead of tracing and compiling again.
+        plain = model.train_function
+        if self._synced_step is not None and self._synced_step[0] is plain:
+            model.train_function = self._synced_step[1]
+        else:
+            model.make_train_function(force=True)
+        self._plain_step = plain
+        self._retraced = True
 
     def _exchange(self, grads, accumulated=None, iteration=None):
         return self.rule.on_gradients(grads)
@@ -492,9 +506,21 @@ class TMPISync(keras.callbacks.Callback):
             steps_per_epoch=self.params.get("steps") if self.params else None,
             start_epoch=int(restored.meta["epoch"]) if restored else 0)
         self.model.stop_training = True
-        # JAX's step takes and returns the training state as well
-        self._server_step = lambda *args: {} if len(args) == 1 \
-            else ({}, args[0])
+        model = self.model
+
+        def step(*args):
+            if len(args) == 2:          # JAX's step: (state, data) in and out
+                return {}, args[0]
+            if _bridge.backend_name() == "tensorflow" \
+                    and not self._metrics_built:
+                # TensorFlow builds the compiled metrics in the first train
+                # step, and fit's epoch logs need them: evaluate one batch
+                # (the weights do not change)
+                self._metrics_built = True
+                return model.test_step(next(args[0]))
+            return {}
+
+        self._server_step = step
         self.model.train_function = self._server_step
 
     def _gather(self, point, value):
@@ -513,6 +539,9 @@ class TMPISync(keras.callbacks.Callback):
 
     def _check_same_steps(self, steps, phase):
         everyone = self._gather(f"{phase} steps", steps)
+        if phase == "training" and set(everyone) == {0}:
+            raise ValueError("no rank has a batch to train on (fit got no "
+                             "data)")
         if len(set(everyone)) > 1:
             raise ValueError(
                 f"ranks would run different numbers of {phase} steps "
@@ -528,6 +557,10 @@ class TMPISync(keras.callbacks.Callback):
 
     def _broadcast_optimizer(self):
         optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            # TensorFlow builds it at its first update; its state must be
+            # compared and broadcast before that
+            optimizer.build(self.model.trainable_variables)
         if optimizer is None or not optimizer.variables:
             return
         variables = list(optimizer.variables)

@@ -117,8 +117,14 @@ class UnevenData:
 
 
 def _as_tuple(batch):
+    # Always (x, y, sample_weight): the filler batches carry weights 0, and
+    # backends that fix the structure from the first batch (TensorFlow's
+    # dataset from the DataLoader) need every batch to have the same.
     if not isinstance(batch, tuple) or len(batch) not in (2, 3):
         raise ValueError(
             "uneven(data) needs batches that are (x, y) or "
             f"(x, y, sample_weight) tuples, got {type(batch).__name__}")
+    if len(batch) == 2:
+        x, y = batch
+        batch = (x, y, np.ones(len(np.asarray(y)), np.float32))
     return batch
