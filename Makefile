@@ -1,21 +1,28 @@
 # Two commands for a fresh machine with Python 3.11:
 #   make demo   - Wide-ResNet on the bundled digits, 2 MPI ranks
-#   make test   - the whole test suite (real MPI ranks included), in both
-#                 environments: .venv (numpy 2: Keras 3 on torch, PyTensor)
-#                 and .venv-theano (numpy < 1.24: Theano 1.0.5, Lasagne 0.1)
+#   make test   - the whole test suite (real MPI ranks included), in three
+#                 environments: .venv (numpy 2: Keras 3 on torch and on JAX,
+#                 PyTensor), .venv-theano (numpy < 1.24: Theano 1.0.5,
+#                 Lasagne 0.1) and .venv-tf (Keras 3 on TensorFlow)
 # Each builds the virtual environments it needs first.
 
 PYTHON ?= python3
 VENV   ?= .venv
 TVENV  ?= .venv-theano
+# TensorFlow apart: with it installed, keras.utils.set_random_seed imports
+# it on every backend (5 s of CPU per process, measured)
+TFVENV ?= .venv-tf
 BIN    := $(VENV)/bin
 TBIN   := $(TVENV)/bin
+TFBIN  := $(TFVENV)/bin
 RANKS  ?= 2
 
-.PHONY: demo test test-main test-theano test-long bench venv venv-theano clean
+.PHONY: demo test test-main test-theano test-keras-backends test-long bench \
+	venv venv-theano venv-tf clean
 
 venv: $(VENV)/.installed
 venv-theano: $(TVENV)/.installed
+venv-tf: $(TFVENV)/.installed
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +30,16 @@ $(VENV)/.installed: setup.py
 	# CPU build of torch as Keras' backend (an unpinned torch pulls CUDA).
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[keras,pytensor,mpich,data,dev]"
+	# Keras' JAX backend (CPU)
+	$(BIN)/pip install --quiet "jax[cpu]"
+	touch $@
+
+$(TFVENV)/.installed: setup.py
+	$(PYTHON) -m venv $(TFVENV)
+	$(TFBIN)/pip install --quiet --upgrade pip
+	# torch (CPU) only for TMPISync.uneven, which hands fit a DataLoader
+	$(TFBIN)/pip install --quiet "torch==2.13.0" tensorflow-cpu
+	$(TFBIN)/pip install --quiet -e ".[keras,mpich,data,dev]"
 	touch $@
 
 $(TVENV)/.installed: setup.py
@@ -57,7 +74,7 @@ $(TVENV)/.installed: setup.py
 demo: venv
 	KERAS_BACKEND=torch $(BIN)/mpiexec -n $(RANKS) $(BIN)/python zoo/keras_wresnet.py
 
-test: hostbed-deps test-main test-theano
+test: hostbed-deps test-main test-theano test-keras-backends
 
 # tests/test_hosts.py's emulated hosts need iproute2 (ip, tc) and root; as
 # root without it, install it. Elsewhere those tests skip with the reason.
@@ -75,6 +92,13 @@ test-main: venv
 test-theano: venv-theano
 	$(TBIN)/python -m pytest tests -q -m "(theano or not launches) and not long"
 
+# Every Keras test (marked keras in tests/conftest.py) on the JAX and the
+# TensorFlow backend too, with their default compiled train steps.
+test-keras-backends: venv venv-tf
+	KERAS_BACKEND=jax $(BIN)/python -m pytest tests -q -m "keras and not long"
+	KERAS_BACKEND=tensorflow $(TFBIN)/python -m pytest tests -q \
+		-m "keras and not long"
+
 # Full-size soaks and benchmarks (pytest.ini: marked long), minutes more.
 test-long: venv
 	KERAS_BACKEND=torch $(BIN)/python -m pytest tests -q -m long
@@ -83,4 +107,4 @@ bench: venv
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/python benchmarks/exchange.py
 
 clean:
-	rm -rf $(VENV) $(TVENV) build *.egg-info
+	rm -rf $(VENV) $(TVENV) $(TFVENV) build *.egg-info

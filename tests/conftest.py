@@ -14,6 +14,14 @@ Markers (registered in pytest.ini):
   kernel). Set here on every test that calls one of :data:`LAUNCHERS`,
   directly, through a helper of its module or through a fixture.
 
+* ``keras``: a TMPISync test, run on every Keras backend: ``make
+  test-keras-backends`` runs them again with ``KERAS_BACKEND=jax`` and
+  ``tensorflow``. Set here on every test whose module or name says
+  ``keras`` or ``tmpisync``, or that is parametrised with the value
+  ``"keras"`` (that case only); not on the notebooks (documentation, run
+  on torch) nor the emulated hosts (root and minutes; torch). A test
+  that needs the torch backend skips itself on the others.
+
 ``make test-theano`` selects ``theano or not launches``: what needs Theano,
 plus the in-process tests (seconds), which check the core on that
 environment's numpy < 1.24. A launched core-only test runs the same code as
@@ -42,6 +50,9 @@ LAUNCHERS = frozenset(("run_mpi", "run_mpi_json", "run_mpi_configs",
                        "run_mpi_interrupted", "run_on_hosts", "subprocess",
                        "nbclient"))
 _THEANO_WORDS = ("theano", "lasagne")
+_KERAS_WORDS = ("keras", "tmpisync")
+#: files whose Keras tests run on torch only (see the ``keras`` marker)
+_NOT_ON_EVERY_BACKEND = ("test_notebooks.py", "test_hosts.py")
 _TESTS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _HAVE_THEANO = importlib.util.find_spec("theano") is not None
 
@@ -59,6 +70,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.theano)
         if _launches(item):
             item.add_marker(pytest.mark.launches)
+        if _uses_keras(item):
+            item.add_marker(pytest.mark.keras)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -102,6 +115,16 @@ def _needs_theano(item, choosers):
     # ``lib = "theano"``) in its own code or a fixture's. Not through the
     # helpers it calls: those (``_lib(name)``) serve either library.
     return _code_mentions(item, _names_theano, follow_calls=False)
+
+
+def _uses_keras(item):
+    if item.get_closest_marker("keras") is not None:
+        return True
+    name = os.path.basename(str(item.fspath))
+    if name in _NOT_ON_EVERY_BACKEND:
+        return False
+    words = (name + " " + item.name).lower()
+    return any(w in words for w in _KERAS_WORDS)
 
 
 def _params(item):

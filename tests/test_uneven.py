@@ -24,7 +24,7 @@ def adapter_job(tmp_path_factory):
             {mode: ("--entry", entry, "--lib", lib, "--mode", mode,
                     "--batches", ",".join(map(str, COUNTS)),
                     "--epochs", EPOCHS, "--lr", LR) for mode in modes},
-            timeout=420, env={"KERAS_BACKEND": "torch"})
+            timeout=420)
 
     return once_per_key(launch)
 

@@ -47,7 +47,9 @@ def attempt(name, action):
     """Run ``action``; print its outcome as ``case NAME rank R: ...``."""
     try:
         outcome = action()
-    except ValueError as e:
+    except (ValueError, StopIteration) as e:
+        # StopIteration: Keras' own error for no data on JAX (ValueError
+        # on the other backends)
         say(f"case {name} rank {rank}: {type(e).__name__}: {e}")
         failed.append(name)
     else:

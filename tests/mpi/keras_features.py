@@ -132,6 +132,7 @@ def bn():
     x, y = tmpi_keras.shard(make_data(N))
     xv, yv = tmpi_keras.shard(make_data(N // 2, seed=1))
     work = os.path.join(args.out, "bn")
+    os.makedirs(work, exist_ok=True)    # before Keras' callbacks, on every rank
     backup = os.path.join(work, f"backup.rank{rank}")
     best = os.path.join(work, "epoch.weights.h5")
 

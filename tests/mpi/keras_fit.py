@@ -39,6 +39,19 @@ p.add_argument("--overlap", action="store_true",
                help="TMPISync(overlap=True, bucket_mb=0.001): many buckets")
 
 
+class RecordLR(keras.callbacks.Callback):
+    """The learning rate at every batch begin. Through ``self.model``, which
+    on JAX puts the step's state (the learning rate among it) into the
+    model's variables first."""
+
+    def __init__(self, lrs):
+        super().__init__()
+        self.lrs = lrs
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.lrs.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
 def train(args):
     """One configuration: train, evaluate, write DIR/rank{r}.json."""
     rank = tmpi_keras.rank()
@@ -52,9 +65,7 @@ def train(args):
                           make_optimizer(args.optimizer,
                                          accumulate=args.accumulate))
     lrs = []
-    record_lr = keras.callbacks.LambdaCallback(
-        on_train_batch_begin=lambda b, logs=None: lrs.append(
-            float(model.optimizer.learning_rate.numpy())))
+    record_lr = RecordLR(lrs)
     if args.rule == "bsp":
         sync = tmpi_keras.TMPISync("bsp", mode=args.mode, every=args.every,
                                    lr_scaling=args.lr_scaling,
@@ -89,7 +100,9 @@ def train(args):
             "local_evaluate": local_eval,
             "threads": sync.ctx.threads,
             "exchanges": len(exchanges),
-            "torch_threads": __import__("torch").get_num_threads(),
+            "torch_threads": (__import__("torch").get_num_threads()
+                              if keras.backend.backend() == "torch"
+                              else None),
         }, f)
 
 
