@@ -381,8 +381,27 @@ class HostBed:
             host: a host name or its 1-based index.
             up: True to bring the link up, False to take it down.
         """
-        _run("ip", "link", "set", _veth(self.id, self._index(host)),
+        index = self._index(host)
+        _run("ip", "link", "set", _veth(self.id, index),
              "up" if up else "down")
+        if up:
+            self._wait_until_carried(index)
+
+    def _wait_until_carried(self, index, timeout=10.0):
+        # Back up is not yet carrying: the veth's state comes up a moment
+        # later, and the hosts' neighbour caches still hold the addresses
+        # that failed while it was down ("No route to host" for a few
+        # seconds). Wait for the state, then forget the failures.
+        state = f"/sys/class/net/{_veth(self.id, index)}/operstate"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(state) as f:
+                if f.read().strip() == "up":
+                    break
+            time.sleep(0.05)
+        for name in self.hosts:
+            _run("ip", "netns", "exec", name, "ip", "neigh", "flush", "all",
+                 check=False)
 
     def link_bytes(self):
         """Bytes each host has sent and received over its link so far.
