@@ -19,8 +19,10 @@ Markers (registered in pytest.ini):
   ``tensorflow``. Set here on every test whose module or name says
   ``keras`` or ``tmpisync``, or that is parametrised with the value
   ``"keras"`` (that case only); not on the notebooks (documentation, run
-  on torch) nor the emulated hosts (root and minutes; torch). A test
-  that needs the torch backend skips itself on the others.
+  on torch). In ``tests/test_hosts.py`` (no Keras in its name) that is
+  its Keras tests alone, so the backend runs bring the emulated hosts up
+  for them, not the rest of that module. A test that needs the torch
+  backend skips itself on the others.
 
 ``make test-theano`` selects ``theano or not launches``: what needs Theano,
 plus the in-process tests (seconds), which check the core on that
@@ -52,7 +54,7 @@ LAUNCHERS = frozenset(("run_mpi", "run_mpi_json", "run_mpi_configs",
 _THEANO_WORDS = ("theano", "lasagne")
 _KERAS_WORDS = ("keras", "tmpisync")
 #: files whose Keras tests run on torch only (see the ``keras`` marker)
-_NOT_ON_EVERY_BACKEND = ("test_notebooks.py", "test_hosts.py")
+_NOT_ON_EVERY_BACKEND = ("test_notebooks.py",)
 _TESTS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _HAVE_THEANO = importlib.util.find_spec("theano") is not None
 

@@ -7,6 +7,9 @@ Ctrl-C to the launcher).
 The bed needs root and iproute2; elsewhere the module skips with the
 reason. One bed serves the module (``bed``); the life-cycle tests bring up
 beds of their own before it.
+
+The tests whose names say ``keras`` are marked ``keras`` (conftest): ``make
+test-keras-backends`` runs them, and only them, on JAX and TensorFlow too.
 """
 
 import json
@@ -234,6 +237,31 @@ def test_core_gosgd_across_hosts(tmp_path, bed, ppn):
 
 # -- the adapters --------------------------------------------------------------
 
+_ENV_PROBE = """
+import json, os, socket
+print(json.dumps({"rank": int(os.environ["PMI_RANK"]),
+                  "host": socket.gethostname(),
+                  "KERAS_BACKEND": os.environ.get("KERAS_BACKEND")}),
+      flush=True)
+"""
+
+
+def test_keras_backend_reaches_every_host(tmp_path, bed):
+    # The Keras tests below, and the zoo's --backend default, take the
+    # backend from KERAS_BACKEND (Keras reads it at import): the ranks on
+    # the other host must see it through hydra's launcher-exec, not fall
+    # back to Keras' default (TensorFlow, or ~/.keras/keras.json's).
+    backend = os.environ["KERAS_BACKEND"]       # conftest: torch if unset
+    probe = tmp_path / "env_probe.py"
+    probe.write_text(_ENV_PROBE)
+    proc = _run(str(probe), 2, timeout=120)
+    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines()
+                    if line.startswith("{")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["host"]) for r in ranks] == \
+        list(enumerate(bed.hosts)), proc.stdout
+    assert [r["KERAS_BACKEND"] for r in ranks] == [backend] * 2, ranks
+
+
 @pytest.mark.parametrize("ppn,mode,optimizer", [
     pytest.param(1, "grads", "adam", id="2x1-grads-adam"),
     pytest.param(2, "params", "momentum", id="2x2-params-momentum")])
@@ -282,13 +310,15 @@ def test_lasagne_bsp_across_hosts_equals_large_batch(tmp_path, bed):
     check_large_batch(ranks, "theano", "nesterov")
 
 
-def test_zoo_wresnet_on_two_hosts(bed):
+def test_zoo_keras_wresnet_on_two_hosts(bed):
     pytest.importorskip("keras", reason="the Keras zoo needs keras")
     from test_zoo import check_output
 
     proc = _run(f"{ROOT}/zoo/keras_wresnet.py", 2, "--epochs", 2,
                 timeout=300)
-    check_output(proc.stdout, epochs=2, ranks=2, accuracy=0.5)
+    # digits, 2 epochs: well above chance (0.1); JAX's initial weights
+    # reach 0.37 there (as on one host, test_zoo), torch's 0.5+
+    check_output(proc.stdout, epochs=2, ranks=2, accuracy=0.3)
 
 
 # -- checkpoints and faults over the link --------------------------------------
