@@ -55,7 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 __all__ = ["NETWORKS", "fit_latency_bandwidth", "ring_allreduce_s",
-           "speedups", "predict", "measure_gamma", "table", "plot", "main"]
+           "speedups", "placement_samples_per_s", "predict", "measure_gamma",
+           "table", "plot", "main"]
 
 # name -> (bandwidth in bytes/s, link latency in s added to the measured
 # software latency). 10 Gb/s: Ethernet with TCP (tens of microseconds a
@@ -155,6 +156,45 @@ def speedups(p, *, step_s, nbytes, alpha, bandwidth, gamma=0.0,
         f"easgd tau={tau}": np.where(one, 1.0, easgd),
         f"gosgd q={q:g}": np.where(one, 1.0, p * t_c / (t_c + t_g)),
     }
+
+
+def placement_samples_per_s(*, ranks, step_s, batch, samples_per_rank,
+                            steps_per_epoch, exchange_s, ranks_per_machine=None,
+                            cores=None):
+    """BSP samples/s of one placement of ``ranks`` ranks.
+
+    An epoch of each rank is ``steps_per_epoch`` exchanges (a short last
+    batch still exchanges every byte) and ``samples_per_rank / batch``
+    steps' worth of compute:
+
+        ``T = steps x T_x + samples_per_rank / batch x t_c x
+        max(1, ranks_per_machine / cores)``
+
+    and samples/s is ``ranks x samples_per_rank / T``. The last factor is
+    for emulated hosts that share one machine's ``cores`` (more ranks than
+    cores share them); on real hosts leave ``cores`` ``None`` (factor 1).
+
+    Args:
+        ranks: number of ranks.
+        step_s: compute time of one step of ``batch`` samples on one rank
+            with a core to itself (s).
+        batch: samples per rank and step.
+        samples_per_rank: each rank's share of an epoch.
+        steps_per_epoch: steps per epoch at this placement.
+        exchange_s: one exchange of the step's bytes at this placement, the
+            pack included (s); 0 for one rank.
+        ranks_per_machine: ranks sharing the ``cores`` (default ``ranks``).
+        cores: cores of the machine the ranks share, or ``None``.
+
+    Returns:
+        float.
+    """
+    slow = 1.0
+    if cores is not None:
+        slow = max(1.0, (ranks_per_machine or ranks) / cores)
+    epoch_s = (steps_per_epoch * exchange_s
+               + samples_per_rank / batch * step_s * slow)
+    return ranks * samples_per_rank / epoch_s
 
 
 def predict(models, exchange, *, ranks=DEFAULT_RANKS, networks=NETWORKS,

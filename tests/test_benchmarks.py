@@ -131,3 +131,36 @@ def test_compiled_exchange_benchmark_checks_every_mechanism(tmp_path):
     except ImportError:
         pass
     assert data["over_host"]["host (numpy)"] == 1.0
+
+
+def test_placement_model_closed_form():
+    # 2 ranks, a core each: epoch = 12 exchanges + 11.5 steps of compute
+    kw = dict(step_s=0.1, batch=32, samples_per_rank=368, steps_per_epoch=12,
+              exchange_s=0.05)
+    got = scaling_model.placement_samples_per_s(ranks=2, cores=2, **kw)
+    assert got == pytest.approx(2 * 368 / (12 * 0.05 + 11.5 * 0.1))
+    # 4 ranks sharing 2 cores: the compute takes twice as long
+    four = scaling_model.placement_samples_per_s(
+        ranks=4, cores=2, **dict(kw, samples_per_rank=184, steps_per_epoch=6))
+    assert four == pytest.approx(4 * 184 / (6 * 0.05 + 5.75 * 0.1 * 2))
+    # real hosts (cores=None): no sharing
+    assert scaling_model.placement_samples_per_s(ranks=4, **dict(
+        kw, samples_per_rank=184, steps_per_epoch=6)) == pytest.approx(
+            4 * 184 / (6 * 0.05 + 5.75 * 0.1))
+
+
+def test_hosts_scaling_calibration_times_the_auto_exchanger(tmp_path):
+    # the calibration job alone, on one host (auto -> shm): it checks the
+    # sum over ranks before timing, and the fit reads what it writes
+    import hosts_scaling
+
+    out = tmp_path / "calib.json"
+    run_mpi(os.path.join(ROOT, "benchmarks", "hosts_scaling.py"), 2,
+            "--worker", "--json", out, "--calib-sizes", "64K,256K",
+            "--calib-repeats", "3", "--calib-gap-ms", "1", timeout=300)
+    calib = json.loads(out.read_text())
+    assert calib["strategy"] == "shm" and calib["ranks"] == 2
+    assert [r["bytes"] for r in calib["results"]] == [65536, 262144]
+    assert all(r["median_s"] > 0 for r in calib["results"])
+    fit = dict(intercept_s=0.001, bandwidth=1e8)
+    assert hosts_scaling.exchange_s(fit, 1e6) == pytest.approx(0.011)

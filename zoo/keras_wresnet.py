@@ -202,8 +202,18 @@ def main(argv=None):
             with open(args.history, "w") as f:
                 json.dump({"history": history.history, "test": test,
                            "ranks": size, "samples_per_s": samples / elapsed,
-                           "wall_s": elapsed, "args": vars(args)}, f)
+                           "wall_s": elapsed, "samples_per_rank": len(x_tr),
+                           "steps_per_epoch": steps,
+                           "exchange_bytes": exchange_bytes(model),
+                           "args": vars(args)}, f)
     return test
+
+
+def exchange_bytes(model):
+    """Bytes of the trainable weights: what gradient averaging moves per
+    step."""
+    return int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize
+                   for w in model.trainable_weights))
 
 
 if __name__ == "__main__":

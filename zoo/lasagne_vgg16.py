@@ -379,6 +379,10 @@ def main(argv=None):
                 json.dump({"history": history,
                            "test": {"accuracy": test_acc},
                            "ranks": size, "parameters": n_params,
+                           "exchange_bytes": n_params * np.dtype(
+                               theano.config.floatX).itemsize,
+                           "samples_per_rank": len(x_tr),
+                           "steps_per_epoch": steps,
                            "samples_per_s": samples / train_s,
                            "wall_s": elapsed,
                            "compile_s": {"train": compile_train,
