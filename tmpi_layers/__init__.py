@@ -26,14 +26,14 @@ Example:
 """
 
 from tmpi_layers import init, losses, optim
-from tmpi_layers.backend import LIBS, Backend, backend
+from tmpi_layers.backend import COMPILES, LIBS, Backend, backend
 from tmpi_layers.layers import (AvgPool2D, BatchNorm, Builder, Conv2D, Dense,
                                 Dropout, GlobalAvgPool, Layer, MaxPool2D,
                                 Phase, ReLU, Residual, Sequential)
 from tmpi_layers.model import Model, TrainStep, ValStep
 
 __all__ = [
-    "LIBS", "Backend", "backend",
+    "COMPILES", "LIBS", "Backend", "backend",
     "Layer", "Builder", "Phase",
     "Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool",
     "BatchNorm", "Dropout", "ReLU", "Sequential", "Residual",

@@ -9,6 +9,17 @@ library; every layer is written once against it.
 Choose the library with ``backend('pytensor')`` or ``backend('theano')``
 (or pass ``lib=`` to :class:`tmpi_layers.Model`); ``backend()`` with no name
 takes PyTensor if it imports, else Theano.
+
+How graphs are compiled (:data:`COMPILES`, ``Model(compile=...)``):
+
+* ``'optimized'`` (the default): the library's graph rewrites and C
+  linker; fast steps, but the rewrites grow faster than the graph:
+  ResNet-50's training step (about 8,000 nodes) takes minutes.
+* ``'quick'``: no rewrites, the Python linker (each op's numpy
+  implementation); convolutions by strided slices on both libraries.
+  ResNet-50 at width 1 on one CPU core, PyTensor, float64: 4 s to
+  compile, 0.2 s a step of 4 images (``'optimized'``: about 170 s and
+  0.02 s). For deep networks in tests and short runs.
 """
 
 import functools
@@ -17,10 +28,12 @@ import os
 
 import numpy as np
 
-__all__ = ["LIBS", "Backend", "backend"]
+__all__ = ["COMPILES", "LIBS", "Backend", "backend"]
 
 #: The graph libraries the layers run on.
 LIBS = ("pytensor", "theano")
+#: How :meth:`Backend.function` compiles (see the module's notes).
+COMPILES = ("optimized", "quick")
 
 
 class Backend:
@@ -33,11 +46,17 @@ class Backend:
         floatX: the library's default float dtype (``config.floatX``).
         adapter: the tmpi adapter for this library
             (:mod:`tmpi_adapters.pytensor` or :mod:`tmpi_adapters.lasagne`).
+        compile: ``'optimized'`` or ``'quick'`` (:data:`COMPILES`).
 
-    Use :func:`backend` rather than the constructor: it caches one per name.
+    Use :func:`backend` rather than the constructor: it caches one per name
+    and compile.
     """
 
-    def __init__(self, name):
+    def __init__(self, name, compile="optimized"):
+        if compile not in COMPILES:
+            raise ValueError(f"compile={compile!r} is unknown; choose one of "
+                             f"{list(COMPILES)}")
+        self.compile = compile
         if name not in LIBS:
             raise ValueError(f"lib={name!r} is unknown; choose one of "
                              f"{list(LIBS)}")
@@ -62,7 +81,9 @@ class Backend:
         self.floatX = str(theano.config.floatX)
 
     def __repr__(self):
-        return f"Backend({self.name!r})"
+        if self.compile == "optimized":
+            return f"Backend({self.name!r})"
+        return f"Backend({self.name!r}, compile={self.compile!r})"
 
     def shared(self, value, name):
         """A shared variable holding ``value`` (copied), called ``name``."""
@@ -71,13 +92,16 @@ class Backend:
     def function(self, inputs, outputs, updates=None):
         """Compile ``inputs -> outputs`` with ``updates``.
 
-        Theano: its default mode. PyTensor: the C linker (``cvm``) unless
+        ``compile='quick'``: no rewrites, the Python linker. Else Theano:
+        its default mode; PyTensor: the C linker (``cvm``) unless
         ``PYTENSOR_FLAGS`` names a linker or mode: PyTensor 3's default,
         numba, takes minutes to JIT a convolutional network's graph, where
         the C linker's compiled ops are cached across runs.
         """
         mode = None
-        if self.name == "pytensor" and not _user_chose_pytensor_mode():
+        if self.compile == "quick":
+            mode = self.lib.compile.mode.Mode(linker="py", optimizer=None)
+        elif self.name == "pytensor" and not _user_chose_pytensor_mode():
             from pytensor.compile.mode import Mode
 
             mode = Mode(linker="cvm", optimizer="fast_run")
@@ -86,8 +110,23 @@ class Backend:
 
     def grad(self, cost, wrt):
         """Symbolic gradients of the scalar ``cost`` with respect to
-        ``wrt``."""
-        return self.T.grad(cost, wrt)
+        ``wrt``.
+
+        Theano walks the graph recursively: a deep network's graph built
+        from many small ops (ResNet-50's with ``compile='quick'``) passes
+        Python's default recursion limit, so it is raised while Theano
+        differentiates.
+        """
+        if self.name != "theano":
+            return self.T.grad(cost, wrt)
+        import sys
+
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20000))
+        try:
+            return self.T.grad(cost, wrt)
+        finally:
+            sys.setrecursionlimit(limit)
 
     def input(self, ndim, name):
         """A symbolic floatX input of ``ndim`` (1 to 4) dimensions."""
@@ -98,27 +137,32 @@ class Backend:
                              "(1 to 4, batch axis included)")
         return makers[ndim](name, dtype=self.floatX)
 
-    def conv2d(self, x, w, kernel_shape, stride, pad):
+    def conv2d(self, x, w, kernel_shape, stride, pad, in_shape):
         """Cross-correlation of NCHW ``x`` with ``w`` of ``kernel_shape``
         ``(F, C, kh, kw)``, zero padding ``pad`` on each side.
 
-        Theano: its own ``conv2d`` (CorrMM on CPU). PyTensor 3 has no 2-D
-        convolution over channels, so the patches are gathered by strided
-        slicing (one slice per kernel offset) and multiplied by the kernel
-        in one matrix product, which PyTensor hands to BLAS.
+        ``in_shape`` is one sample's ``(C, H, W)`` (Python ints, known when
+        the layer was built). Theano (``'optimized'``): its own ``conv2d``
+        (CorrMM on CPU; its op has no Python implementation here, scipy
+        being absent, so ``'quick'`` takes the general path). PyTensor 3
+        has no 2-D convolution over channels, so the patches are
+        gathered by strided slicing (one slice per kernel offset) and
+        multiplied by the kernel in one matrix product. Every side and
+        slice bound is a constant and the batch axis is left to ``-1``: a
+        symbolic side (``x.shape[2]``) or batch size made PyTensor infer
+        each deep layer's shape back through the whole network, and
+        ResNet-50's training graph took minutes to compile.
         """
         T = self.T
-        if self.name == "theano":
+        if self.name == "theano" and self.compile == "optimized":
             return T.nnet.conv2d(x, w, border_mode=(pad, pad),
                                  subsample=(stride, stride),
                                  filter_flip=False)
         f, c, kh, kw = kernel_shape
-        n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+        h, wd = (int(d) for d in in_shape[1:])
         if pad:
+            x = _zero_pad(T, x, pad)
             h, wd = h + 2 * pad, wd + 2 * pad
-            x = T.set_subtensor(
-                T.zeros((n, c, h, wd), dtype=x.dtype)[:, :, pad:h - pad,
-                                                       pad:wd - pad], x)
         oh = (h - kh) // stride + 1
         ow = (wd - kw) // stride + 1
         if kh == kw == 1:
@@ -130,17 +174,18 @@ class Backend:
                        for i in range(kh) for j in range(kw)]
             # N, oh, ow, C, kh*kw: the order of w's (C, kh, kw) flattening
             cols = T.stack(patches, axis=-1).dimshuffle(0, 2, 3, 1, 4)
-        cols = cols.reshape((n * oh * ow, c * kh * kw))
+        cols = cols.reshape((-1, c * kh * kw))
         out = T.dot(cols, w.reshape((f, c * kh * kw)).T)
-        return out.reshape((n, oh, ow, f)).dimshuffle(0, 3, 1, 2)
+        return out.reshape((-1, oh, ow, f)).dimshuffle(0, 3, 1, 2)
 
-    def pool2d(self, x, size, stride, mode):
+    def pool2d(self, x, size, stride, mode, in_shape):
         """``mode`` ('max' or 'average') pooling of NCHW ``x`` without
         padding: windows ``size`` apart by ``stride``, the last partial
-        window dropped.
+        window dropped; ``in_shape`` is one sample's ``(C, H, W)``.
 
         Theano: its ``pool_2d``; PyTensor 3 has none, so the windows are
-        combined from ``size**2`` strided slices.
+        combined from ``size**2`` strided slices (constant bounds, as in
+        :meth:`conv2d`).
         """
         T = self.T
         if self.name == "theano":
@@ -149,7 +194,7 @@ class Backend:
             return pool_2d(x, ws=(size, size), stride=(stride, stride),
                            ignore_border=True,
                            mode="max" if mode == "max" else "average_inc_pad")
-        h, w = x.shape[2], x.shape[3]
+        h, w = (int(d) for d in in_shape[1:])
         oh = (h - size) // stride + 1
         ow = (w - size) // stride + 1
         out = None
@@ -194,6 +239,20 @@ class Backend:
         return u.astype(self.floatX), after
 
 
+def _zero_pad(T, x, pad):
+    """NCHW ``x`` with ``pad`` zeros on each side of its last two axes.
+
+    Joined from zero blocks shaped like slices of ``x`` (``zeros_like``),
+    not written into ``zeros((n, c, h, w))``: that needs the symbolic batch
+    size, whose static inference goes back through every layer below.
+    """
+    for axis in (2, 3):
+        edge = x[:, :, :pad] if axis == 2 else x[:, :, :, :pad]
+        zeros = T.zeros_like(edge)
+        x = T.concatenate([zeros, x, zeros], axis=axis)
+    return x
+
+
 def _user_chose_pytensor_mode():
     keys = {item.split("=")[0].strip()
             for item in os.environ.get("PYTENSOR_FLAGS", "").split(",")}
@@ -201,16 +260,20 @@ def _user_chose_pytensor_mode():
 
 
 @functools.lru_cache(maxsize=None)
-def _cached(name):
-    return Backend(name)
+def _cached(name, compile):
+    return Backend(name, compile)
 
 
-def backend(name=None):
-    """The :class:`Backend` for ``name`` (cached: one per library).
+def backend(name=None, compile=None):
+    """The :class:`Backend` for ``name`` (cached: one per library and
+    compile).
 
     Args:
         name: ``'pytensor'``, ``'theano'``, a :class:`Backend` (returned
-            as is), or None: PyTensor if it is installed, else Theano.
+            as is unless ``compile`` differs), or None: PyTensor if it is
+            installed, else Theano.
+        compile: ``'optimized'`` or ``'quick'`` (:data:`COMPILES`); None
+            keeps a given Backend's, else ``'optimized'``.
 
     Returns:
         Backend.
@@ -224,15 +287,21 @@ def backend(name=None):
         >>> lib = tmpi_layers.backend("pytensor")
         >>> x = lib.input(4, "x")
     """
+    if compile is not None and compile not in COMPILES:
+        raise ValueError(f"compile={compile!r} is unknown; choose one of "
+                         f"{list(COMPILES)}")
     if isinstance(name, Backend):
-        return name
+        if compile is None or compile == name.compile:
+            return name
+        return _cached(name.name, compile)
+    compile = compile or "optimized"
     if name is None:
         for candidate in LIBS:
             if importlib.util.find_spec(candidate) is not None:
-                return _cached(candidate)
+                return _cached(candidate, compile)
         raise ImportError("neither PyTensor nor Theano is installed: pip "
                           "install pytensor (or the theano extra)")
     if not isinstance(name, str) or name.lower() not in LIBS:
         raise ValueError(f"lib={name!r} is unknown; choose one of "
                          f"{list(LIBS)}")
-    return _cached(name.lower())
+    return _cached(name.lower(), compile)

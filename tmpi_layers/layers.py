@@ -325,7 +325,7 @@ class Conv2D(Layer):
 
     def forward(self, x, phase):
         y = phase.lib.conv2d(x, self.W, self.kernel_shape, self.stride,
-                             self.pad)
+                             self.pad, self.in_shape)
         if self.b is not None:
             y = y + self.b.dimshuffle("x", 0, "x", "x")
         return _apply_activation(self.activation, y, phase.lib.T)
@@ -353,7 +353,8 @@ class _Pool2D(Layer):
                 (w - self.size) // self.stride + 1)
 
     def forward(self, x, phase):
-        return phase.lib.pool2d(x, self.size, self.stride, self.mode)
+        return phase.lib.pool2d(x, self.size, self.stride, self.mode,
+                                self.in_shape)
 
 
 class MaxPool2D(_Pool2D):

@@ -42,6 +42,12 @@ class Model:
         dtype: dtype of the variables and inputs' cast (default: the
             library's floatX).
         name: the model's name in messages.
+        compile: how its steps compile: ``'optimized'`` (the library's
+            rewrites and C linker: fast steps) or ``'quick'`` (no
+            rewrites, the Python linker: seconds to compile a deep
+            network whose optimized compile takes minutes; see
+            :mod:`tmpi_layers.backend`). None: ``lib``'s (a Backend's), else
+            ``'optimized'``.
 
     Attributes:
         lib: the :class:`tmpi_layers.Backend`.
@@ -55,11 +61,11 @@ class Model:
     """
 
     def __init__(self, net, input_shape, *, lib=None, seed=0, dtype=None,
-                 name=None):
+                 name=None, compile=None):
         if not isinstance(net, Layer):
             raise ValueError(f"net is a {type(net).__name__}, not a "
                              "tmpi_layers Layer")
-        self.lib = backend(lib)
+        self.lib = backend(lib, compile)
         self.name = name or net.name or "model"
         self.input_shape = tuple(int(d) for d in input_shape)
         self.seed = int(seed)
@@ -78,7 +84,8 @@ class Model:
         self.y = T.ivector("y")
 
     def __repr__(self):
-        return (f"Model({self.name!r}, lib={self.lib.name!r}, input "
+        return (f"Model({self.name!r}, lib={self.lib.name!r}, "
+                f"compile={self.lib.compile!r}, input "
                 f"{self.input_shape}, {self.count_params():,} parameters)")
 
     @property
