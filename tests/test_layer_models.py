@@ -122,6 +122,39 @@ def test_resnet50_bsp_on_two_ranks_equals_the_averaged_half_batch_grads(
     assert np.isfinite(losses).all()
 
 
+@pytest.mark.parametrize("lib", ["pytensor", "theano"])
+def test_quick_compile_trains_as_the_optimized_one(lib):
+    _lib(lib)
+    from layers_models import layer_data
+
+    import tmpi_layers as L
+
+    def model(compile):
+        net = L.Sequential([
+            L.Conv2D(3, 3, stride=2, pad=1, b=None), L.BatchNorm(), L.ReLU(),
+            L.Residual(L.Sequential([L.Conv2D(3, 3, pad="same"),
+                                     L.BatchNorm()])),
+            L.MaxPool2D(3, 2), L.AvgPool2D(2), L.Dense(3)])
+        return L.Model(net, (1, 32, 32), lib=lib, seed=3, dtype="float64",
+                       compile=compile)
+
+    x, y = layer_data(8)
+    runs = {}
+    for compile in L.COMPILES:
+        m = model(compile)
+        assert m.lib.compile == compile
+        step = m.train_step(None, lr=0.1)
+        losses = [step(x[k:k + 4], y[k:k + 4])[0] for k in (0, 4)]
+        runs[compile] = losses, _flat(m.get_values()), m.val_step()(x, y)
+    (l_q, v_q, val_q), (l_o, v_o, val_o) = runs["quick"], runs["optimized"]
+    np.testing.assert_allclose(l_q, l_o, rtol=1e-10)
+    np.testing.assert_allclose(v_q, v_o, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(val_q, val_o, rtol=1e-10)
+    assert np.abs(v_q - _flat(model("quick").get_values())).max() > 1e-3
+    with pytest.raises(ValueError, match="compile='fast'"):
+        L.backend(lib, "fast")
+
+
 RULES = [("easgd", {"tau": 2, "synchronous": False}),
          ("gosgd", {"p": 0.5, "seed": 1}),
          ("bsp", {"mode": "params", "every": 2})]

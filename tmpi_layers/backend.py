@@ -16,7 +16,8 @@ How graphs are compiled (:data:`COMPILES`, ``Model(compile=...)``):
   linker; fast steps, but the rewrites grow faster than the graph:
   ResNet-50's training step (about 8,000 nodes) takes minutes.
 * ``'quick'``: no rewrites, the Python linker (each op's numpy
-  implementation); convolutions by strided slices on both libraries.
+  implementation); convolution and pooling by strided slices on both
+  libraries.
   ResNet-50 at width 1 on one CPU core, PyTensor, float64: 4 s to
   compile, 0.2 s a step of 4 images (``'optimized'``: about 170 s and
   0.02 s). For deep networks in tests and short runs.
@@ -183,12 +184,14 @@ class Backend:
         padding: windows ``size`` apart by ``stride``, the last partial
         window dropped; ``in_shape`` is one sample's ``(C, H, W)``.
 
-        Theano: its ``pool_2d``; PyTensor 3 has none, so the windows are
-        combined from ``size**2`` strided slices (constant bounds, as in
+        Theano (``'optimized'``): its ``pool_2d`` (whose Python
+        implementation, the one ``'quick'`` would run, indexes with floats
+        that numpy refuses); PyTensor 3 has none: the windows are combined
+        from ``size**2`` strided slices (constant bounds, as in
         :meth:`conv2d`).
         """
         T = self.T
-        if self.name == "theano":
+        if self.name == "theano" and self.compile == "optimized":
             from theano.tensor.signal.pool import pool_2d
 
             return pool_2d(x, ws=(size, size), stride=(stride, stride),
