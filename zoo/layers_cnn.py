@@ -57,6 +57,11 @@ def parse_args(argv=None):
                    help="alexnet: batch norm after each convolution\n"
                         "(default on; --no-batch-norm: the original, which\n"
                         "needs a smaller --lr)")
+    p.add_argument("--compile", choices=["optimized", "quick"],
+                   default="optimized",
+                   help="optimized: the library's rewrites and C linker\n"
+                        "(minutes for ResNet-50, fast steps); quick: no\n"
+                        "rewrites, the Python linker (seconds, slower steps)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--lr", type=float, default=0.02)
@@ -142,7 +147,8 @@ def main(argv=None):
                              batch_norm=args.batch_norm)
     else:
         net = models.resnet50(classes, width=int(args.width or 8))
-    model = Model(net, x_tr.shape[1:], lib=args.lib, seed=args.seed + rank)
+    model = Model(net, x_tr.shape[1:], lib=args.lib, seed=args.seed + rank,
+                  compile=args.compile)
     options = rule_options(args)
     if rank == 0:
         print(f"{model.name} on {model.lib.name}: {model.count_params():,} "
