@@ -158,31 +158,30 @@ def speedups(p, *, step_s, nbytes, alpha, bandwidth, gamma=0.0,
     }
 
 
-def placement_samples_per_s(*, ranks, step_s, batch, samples_per_rank,
+def placement_samples_per_s(*, ranks, step_s, samples_per_rank,
                             steps_per_epoch, exchange_s, ranks_per_machine=None,
                             cores=None):
     """BSP samples/s of one placement of ``ranks`` ranks.
 
-    An epoch of each rank is ``steps_per_epoch`` exchanges (a short last
-    batch still exchanges every byte) and ``samples_per_rank / batch``
-    steps' worth of compute:
+    An epoch of each rank is ``steps_per_epoch`` steps, each a compute and
+    an exchange; a short last batch costs a whole step (its exchange moves
+    every byte, and the optimizer's update, the framework's dispatch do not
+    shrink with the batch):
 
-        ``T = steps x T_x + samples_per_rank / batch x t_c x
-        max(1, ranks_per_machine / cores)``
+        ``T = steps x (T_x + t_c x max(1, ranks_per_machine / cores))``
 
-    and samples/s is ``ranks x samples_per_rank / T``. The last factor is
-    for emulated hosts that share one machine's ``cores`` (more ranks than
+    and samples/s is ``ranks x samples_per_rank / T``. The factor is for
+    emulated hosts that share one machine's ``cores`` (more ranks than
     cores share them); on real hosts leave ``cores`` ``None`` (factor 1).
 
     Args:
         ranks: number of ranks.
-        step_s: compute time of one step of ``batch`` samples on one rank
-            with a core to itself (s).
-        batch: samples per rank and step.
+        step_s: compute time of one step on one rank with a core to itself
+            (s).
         samples_per_rank: each rank's share of an epoch.
         steps_per_epoch: steps per epoch at this placement.
-        exchange_s: one exchange of the step's bytes at this placement, the
-            pack included (s); 0 for one rank.
+        exchange_s: one exchange of the step's bytes at this placement (s);
+            0 for one rank.
         ranks_per_machine: ranks sharing the ``cores`` (default ``ranks``).
         cores: cores of the machine the ranks share, or ``None``.
 
@@ -192,8 +191,7 @@ def placement_samples_per_s(*, ranks, step_s, batch, samples_per_rank,
     slow = 1.0
     if cores is not None:
         slow = max(1.0, (ranks_per_machine or ranks) / cores)
-    epoch_s = (steps_per_epoch * exchange_s
-               + samples_per_rank / batch * step_s * slow)
+    epoch_s = steps_per_epoch * (exchange_s + step_s * slow)
     return ranks * samples_per_rank / epoch_s
 
 

@@ -134,19 +134,19 @@ def test_compiled_exchange_benchmark_checks_every_mechanism(tmp_path):
 
 
 def test_placement_model_closed_form():
-    # 2 ranks, a core each: epoch = 12 exchanges + 11.5 steps of compute
-    kw = dict(step_s=0.1, batch=32, samples_per_rank=368, steps_per_epoch=12,
+    # 2 ranks, a core each: an epoch is 12 steps of compute + exchange
+    kw = dict(step_s=0.1, samples_per_rank=368, steps_per_epoch=12,
               exchange_s=0.05)
     got = scaling_model.placement_samples_per_s(ranks=2, cores=2, **kw)
-    assert got == pytest.approx(2 * 368 / (12 * 0.05 + 11.5 * 0.1))
+    assert got == pytest.approx(2 * 368 / (12 * (0.05 + 0.1)))
     # 4 ranks sharing 2 cores: the compute takes twice as long
-    four = scaling_model.placement_samples_per_s(
-        ranks=4, cores=2, **dict(kw, samples_per_rank=184, steps_per_epoch=6))
-    assert four == pytest.approx(4 * 184 / (6 * 0.05 + 5.75 * 0.1 * 2))
+    four = dict(kw, samples_per_rank=184, steps_per_epoch=6)
+    assert scaling_model.placement_samples_per_s(
+        ranks=4, cores=2, **four) == pytest.approx(
+            4 * 184 / (6 * (0.05 + 0.1 * 2)))
     # real hosts (cores=None): no sharing
-    assert scaling_model.placement_samples_per_s(ranks=4, **dict(
-        kw, samples_per_rank=184, steps_per_epoch=6)) == pytest.approx(
-            4 * 184 / (6 * 0.05 + 5.75 * 0.1))
+    assert scaling_model.placement_samples_per_s(
+        ranks=4, **four) == pytest.approx(4 * 184 / (6 * (0.05 + 0.1)))
 
 
 def test_hosts_scaling_calibration_times_the_auto_exchanger(tmp_path):
@@ -162,5 +162,11 @@ def test_hosts_scaling_calibration_times_the_auto_exchanger(tmp_path):
     assert calib["strategy"] == "shm" and calib["ranks"] == 2
     assert [r["bytes"] for r in calib["results"]] == [65536, 262144]
     assert all(r["median_s"] > 0 for r in calib["results"])
-    fit = dict(intercept_s=0.001, bandwidth=1e8)
-    assert hosts_scaling.exchange_s(fit, 1e6) == pytest.approx(0.011)
+    # between timed sizes linear, beyond them along the nearest segment
+    link = {"results": [{"bytes": 1e6, "median_s": 0.01},
+                        {"bytes": 2e6, "median_s": 0.03},
+                        {"bytes": 4e6, "median_s": 0.05}]}
+    assert hosts_scaling.exchange_s(link, 1.5e6) == pytest.approx(0.02)
+    assert hosts_scaling.exchange_s(link, 3e6) == pytest.approx(0.04)
+    assert hosts_scaling.exchange_s(link, 5e6) == pytest.approx(0.06)
+    assert hosts_scaling.exchange_s(link, 0.5e6) == pytest.approx(0.0)

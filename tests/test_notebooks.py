@@ -67,6 +67,14 @@ def test_scaling_model_notebook(tmp_path):
     assert len(rows) == 24
     assert {row.split()[0] for row in rows} == {"toy", "wrn_10_1"}
     assert (tmp_path / "scaling_model.png").stat().st_size > 10_000
+    # across hosts: the shipped run, both predictions recomputed, plotted
+    hosts = next(c for c in nb.cells if "hosts_scaling.predict" in c.source)
+    table = hosts.outputs[0]["text"]
+    rows = [line.split() for line in table.splitlines()
+            if line.split()[:1] in (["wrn"], ["vgg"])]
+    assert {(r[0], r[1]) for r in rows} == {
+        (m, p) for m in ("wrn", "vgg") for p in ("1x1", "2x1", "2x2")}
+    assert (tmp_path / "hosts_scaling.png").stat().st_size > 10_000
 
 
 def test_launch_wresnet_notebook(tmp_path):

@@ -185,9 +185,10 @@ def main(argv=None):
     # clock together, or samples/s counts rank 0 waiting for the others.
     sync.ctx.barrier()
     start = time.perf_counter()
+    clock = TrainClock()
     history = model.fit(x_tr, y_tr, batch_size=args.batch_size,
                         epochs=args.epochs, validation_data=(x_te, y_te),
-                        callbacks=[sync], verbose=tmpi_keras.verbose(2))
+                        callbacks=[clock, sync], verbose=tmpi_keras.verbose(2))
     elapsed = time.perf_counter() - start
     test = model.evaluate(x_te, y_te, batch_size=256, callbacks=[sync],
                           verbose=0, return_dict=True)
@@ -202,11 +203,36 @@ def main(argv=None):
             with open(args.history, "w") as f:
                 json.dump({"history": history.history, "test": test,
                            "ranks": size, "samples_per_s": samples / elapsed,
-                           "wall_s": elapsed, "samples_per_rank": len(x_tr),
+                           "wall_s": elapsed,
+                           "train_samples_per_s": samples / clock.seconds,
+                           "samples_per_rank": len(x_tr),
                            "steps_per_epoch": steps,
                            "exchange_bytes": exchange_bytes(model),
                            "args": vars(args)}, f)
     return test
+
+
+class TrainClock(keras.callbacks.Callback):
+    """Seconds spent in the training part of each epoch (from its start
+    to its validation, or to its end without one) in ``seconds``."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self._tick = 0.0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._tick = time.perf_counter()
+
+    def _stop(self):
+        if self._tick is not None:
+            self.seconds += time.perf_counter() - self._tick
+            self._tick = None
+
+    def on_test_begin(self, logs=None):
+        self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
 
 
 def exchange_bytes(model):
