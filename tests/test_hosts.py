@@ -27,8 +27,8 @@ import pytest
 import hosts
 from hosts import (HostBed, hostbed, run_on_hosts, run_on_hosts_interrupted,
                    run_on_hosts_json, teardown_stale, unavailable_reason)
-from mpirun import HERE, ROOT, run_mpi
-from test_graph_adapters import _lib
+from mpirun import HERE, ROOT, once_per_key, read_rank_json, run_mpi
+from test_graph_adapters import RULES, _lib, _rule_name, check_rule_run
 
 if unavailable_reason():        # one skip, with the reason, for the module
     pytest.skip(unavailable_reason(), allow_module_level=True)
@@ -78,6 +78,17 @@ def _run(script, n, *args, **kwargs):
 def _run_json(script, n, tmp_path, *args, **kwargs):
     return run_on_hosts_json(script, tmp_path, *args, hosts=2, ppn=n // 2,
                              **kwargs)
+
+
+def _run_configs(script, ppn, out, configs, **kwargs):
+    """``tests/mpirun.run_mpi_configs`` on 2 hosts x ``ppn`` ranks: one
+    launch trains every configuration of ``configs`` in turn."""
+    out.mkdir(parents=True, exist_ok=True)
+    configs = {name: [str(v) for v in options]
+               for name, options in configs.items()}
+    _run(script, 2 * ppn, "--out", out, "--configs", json.dumps(configs),
+         **kwargs)
+    return {name: read_rank_json(out / name, 2 * ppn) for name in configs}
 
 
 def _run_interrupted(script, n, marker, *args, **kwargs):
@@ -287,16 +298,68 @@ def test_pytensor_bsp_across_hosts_equals_large_batch(tmp_path, bed):
     check_large_batch(ranks, "pytensor", "adam")
 
 
-def test_pytensor_asynchronous_easgd_across_hosts(tmp_path, bed):
-    _lib("pytensor")
-    from test_graph_adapters import check_rule_run
+@pytest.fixture(scope="module")
+def rules_job(tmp_path_factory, bed):
+    """``rules_job(script, lib)``: the results, by configuration, of one
+    launch on 2 hosts x 2 ranks that trained every configuration of the
+    one-host rule tests: keras_fit.py's asynchronous EASGD (the server on
+    host 1, workers on both hosts), synchronous EASGD and GoSGD
+    (test_keras_async_rules), or graph_fit.py's for ``lib``
+    (test_graph_adapters' three_rank_configs, and BSP with every=4);
+    launched on first use."""
 
-    options = {"tau": 3, "synchronous": False}
-    results = run_on_hosts_json(
-        "graph_fit.py", tmp_path, "--lib", "pytensor", "--entry", "updates",
-        "--optimizer", "momentum", "--rule", "easgd", "--steps", 12,
-        "--options", json.dumps(options), ppn=2, timeout=300)
-    check_rule_run(results, "easgd", options)
+    def launch(script, lib=None):
+        if script == "keras_fit.py":
+            from test_keras_async_rules import CONFIGS
+            configs = CONFIGS[2]
+        else:
+            from test_graph_adapters import (three_rank_configs,
+                                             two_rank_configs)
+            configs = three_rank_configs(lib)
+            configs["every"] = two_rank_configs(lib)["every"]
+        return _run_configs(script, 2, tmp_path_factory.mktemp(
+            lib or "keras"), configs, timeout=480)
+
+    return once_per_key(launch)
+
+
+_RULE_CASES = [pytest.param(rule, options, id=_rule_name(rule, options))
+               for rule, options in RULES]
+
+
+@pytest.mark.parametrize("config", ["easgd", "sync-easgd", "gosgd"])
+def test_keras_rules_across_hosts_2x2(rules_job, config):
+    pytest.importorskip("keras", reason="the Keras adapter needs keras")
+    from test_keras_async_rules import (check_asynchronous_easgd, check_gosgd,
+                                        check_synchronous_easgd)
+
+    check = {"easgd": check_asynchronous_easgd, "gosgd": check_gosgd,
+             "sync-easgd": check_synchronous_easgd}[config]
+    check(rules_job("keras_fit.py")[config])
+
+
+@pytest.mark.parametrize("rule,options", _RULE_CASES)
+def test_pytensor_rules_across_hosts_2x2(rules_job, rule, options):
+    _lib("pytensor")
+    check_rule_run(rules_job("graph_fit.py", "pytensor")[
+        _rule_name(rule, options)], rule, options)
+
+
+@pytest.mark.parametrize("rule,options", _RULE_CASES)
+def test_lasagne_rules_across_hosts_2x2(rules_job, rule, options):
+    _lib("theano")
+    check_rule_run(rules_job("graph_fit.py", "theano")[
+        _rule_name(rule, options)], rule, options)
+
+
+@pytest.mark.parametrize("lib", ["pytensor", pytest.param("theano",
+                                                          id="lasagne")])
+def test_graph_bsp_every_k_across_hosts_2x2(rules_job, lib):
+    # the core's every=2 runs across hosts in test_core_bsp_across_hosts
+    from test_graph_adapters import check_every_then_finalize
+
+    _lib(lib)
+    check_every_then_finalize(rules_job("graph_fit.py", lib)["every"])
 
 
 def test_lasagne_bsp_across_hosts_equals_large_batch(tmp_path, bed):

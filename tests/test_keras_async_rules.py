@@ -43,7 +43,12 @@ def _flat(weights):
 
 @pytest.mark.parametrize("job", [2, 3], indirect=True)
 def test_asynchronous_easgd_ends_on_the_center(job):
-    results = job["easgd"]
+    check_asynchronous_easgd(job["easgd"])
+
+
+def check_asynchronous_easgd(results):
+    """keras_fit.py with asynchronous EASGD: rank 0 serves, every rank ends
+    on the center, which moved; workers log their own epochs."""
     ranks = len(results)
     assert [r["role"] for r in results] == ["server"] + ["worker"] * (ranks - 1)
     final = [_flat(r["weights"]) for r in results]
@@ -58,18 +63,29 @@ def test_asynchronous_easgd_ends_on_the_center(job):
 
 @pytest.mark.parametrize("job", [2], indirect=True)
 def test_synchronous_easgd_trains_every_rank_with_global_logs(job):
-    results = job["sync-easgd"]
-    assert [r["role"] for r in results] == ["peer", "peer"]
-    np.testing.assert_array_equal(_flat(results[0]["weights"]),
-                                  _flat(results[1]["weights"]))
-    assert results[0]["histories"] == results[1]["histories"]
+    check_synchronous_easgd(job["sync-easgd"])
+
+
+def check_synchronous_easgd(results):
+    """keras_fit.py with synchronous EASGD: every rank a peer, all ending
+    on the same weights with the same (global) logs, the loss falling."""
+    assert [r["role"] for r in results] == ["peer"] * len(results)
+    for r in results[1:]:
+        np.testing.assert_array_equal(_flat(r["weights"]),
+                                      _flat(results[0]["weights"]))
+        assert r["histories"] == results[0]["histories"]
     assert results[0]["histories"][0]["loss"][-1] < \
         results[0]["histories"][0]["loss"][0]
 
 
 @pytest.mark.parametrize("job", [2, 3], indirect=True)
 def test_gosgd_ends_on_the_consensus(job):
-    results = job["gosgd"]
+    check_gosgd(job["gosgd"])
+
+
+def check_gosgd(results):
+    """keras_fit.py with GoSGD: every rank ends on the consensus, which
+    moved, with the logs averaged at epoch ends."""
     final = [_flat(r["weights"]) for r in results]
     for f in final[1:]:
         np.testing.assert_array_equal(f, final[0])
