@@ -170,3 +170,25 @@ def test_hosts_scaling_calibration_times_the_auto_exchanger(tmp_path):
     assert hosts_scaling.exchange_s(link, 3e6) == pytest.approx(0.04)
     assert hosts_scaling.exchange_s(link, 5e6) == pytest.approx(0.06)
     assert hosts_scaling.exchange_s(link, 0.5e6) == pytest.approx(0.0)
+
+
+def test_suite_time_parses_each_pytest_run():
+    import suite_time
+
+    log = """
+============================= slowest durations ==============================
+12.50s call     tests/test_a.py::test_x[full-File too large]
+0.50s setup    tests/test_a.py::test_x[full-File too large]
+3.00s call     tests/test_b.py::test_y
+10 passed, 2 skipped in 20.00s
+============================= slowest durations ==============================
+1.25s call     tests/test_a.py::test_x[full-File too large]
+4 passed, 1 skipped, 3 deselected in 5.50s
+""".splitlines()
+    first, second = suite_time.parse_durations(log)
+    assert first == {"tests": {"tests/test_a.py::test_x[full-File too large]":
+                               13.0, "tests/test_b.py::test_y": 3.0},
+                     "wall_s": 20.0}
+    assert second["tests"] == {
+        "tests/test_a.py::test_x[full-File too large]": 1.25}
+    assert second["wall_s"] == 5.5
