@@ -249,11 +249,11 @@ def test_core_gosgd_across_hosts(tmp_path, bed, ppn):
 # -- the adapters --------------------------------------------------------------
 
 _ENV_PROBE = """
-import json, os, socket
-print(json.dumps({"rank": int(os.environ["PMI_RANK"]),
-                  "host": socket.gethostname(),
-                  "KERAS_BACKEND": os.environ.get("KERAS_BACKEND")}),
-      flush=True)
+import json, os, socket, sys
+rank = int(os.environ["PMI_RANK"])
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump({"rank": rank, "host": socket.gethostname(),
+               "KERAS_BACKEND": os.environ.get("KERAS_BACKEND")}, f)
 """
 
 
@@ -262,12 +262,14 @@ def test_keras_backend_reaches_every_host(tmp_path, bed):
     # backend from KERAS_BACKEND (Keras reads it at import): the ranks on
     # the other host must see it through hydra's launcher-exec, not fall
     # back to Keras' default (TensorFlow, or ~/.keras/keras.json's).
+    # Each rank writes a file: the launcher forwards the ranks' output in
+    # pieces, two lines can arrive joined.
     backend = os.environ["KERAS_BACKEND"]       # conftest: torch if unset
     probe = tmp_path / "env_probe.py"
     probe.write_text(_ENV_PROBE)
-    proc = _run(str(probe), 2, timeout=120)
-    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines()
-                    if line.startswith("{")), key=lambda r: r["rank"])
+    proc = _run(str(probe), 2, tmp_path, timeout=120)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text())
+             for r in range(2)]
     assert [(r["rank"], r["host"]) for r in ranks] == \
         list(enumerate(bed.hosts)), proc.stdout
     assert [r["KERAS_BACKEND"] for r in ranks] == [backend] * 2, ranks
