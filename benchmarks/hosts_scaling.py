@@ -78,6 +78,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))   # hosts.py, mpirun.py
 
 from hosts_exchange import _rate_bits  # noqa: E402
+from scaling import mpiexec_next_to, one_thread_env  # noqa: E402
 from scaling_model import (placement_samples_per_s,  # noqa: E402
                            speedups)
 
@@ -150,28 +151,13 @@ def _worker(args):
 
 # -- the driver ----------------------------------------------------------------
 
-def _mpiexec(python):
-    path = os.path.join(os.path.dirname(python), "mpiexec")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"no mpiexec next to {python}; build the environment with `make "
-            "venv` / `make venv-theano` (pip install mpich)")
-    return path
-
-
-def _env():
-    return dict(os.environ, KERAS_BACKEND="torch", OMP_NUM_THREADS="1",
-                TMPI_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-                    filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-
-
 def _launch(bed, python, placement, argv, timeout):
     hosts, ppn = PLACEMENTS[placement]
-    cmd = [_mpiexec(python), *bed.mpiexec_args(ppn, hosts),
+    cmd = [mpiexec_next_to(python), *bed.mpiexec_args(ppn, hosts),
            "-n", str(hosts * ppn), python, *argv]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=timeout, env=_env(), cwd=ROOT)
+                              timeout=timeout, env=one_thread_env(), cwd=ROOT)
     finally:
         from hosts import _sweep
         _sweep(bed)

@@ -35,7 +35,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-__all__ = ["MODELS", "run", "table", "main"]
+__all__ = ["MODELS", "mpiexec_next_to", "one_thread_env", "run", "table", "main"]
 
 # name -> (script, default arguments, which interpreter)
 MODELS = {
@@ -45,7 +45,8 @@ MODELS = {
 }
 
 
-def _mpiexec(python):
+def mpiexec_next_to(python):
+    """The `mpiexec` of the environment of interpreter `python`."""
     path = os.path.join(os.path.dirname(python), "mpiexec")
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -54,19 +55,23 @@ def _mpiexec(python):
     return path
 
 
+def one_thread_env():
+    """The zoo scripts' environment: Keras on torch, one thread per rank,
+    the repository importable."""
+    return dict(os.environ, KERAS_BACKEND="torch", OMP_NUM_THREADS="1",
+                TMPI_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+                    filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+
+
 def run(model, ranks, python, extra, *, timeout=1800):
     """One launch of a zoo script; returns its ``--history`` JSON record."""
     script = MODELS[model][0]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "history.json")
-        cmd = [_mpiexec(python), "-n", str(ranks), python,
+        cmd = [mpiexec_next_to(python), "-n", str(ranks), python,
                os.path.join(ROOT, script), *extra.split(), "--history", out]
-        env = dict(os.environ, KERAS_BACKEND="torch", OMP_NUM_THREADS="1",
-                   TMPI_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(
-                       filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
         proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=ROOT)
+                              timeout=timeout, env=one_thread_env(), cwd=ROOT)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"{' '.join(cmd)} exited {proc.returncode}:\n"
